@@ -1,0 +1,157 @@
+"""Multi-head attention for both self-attention and cross-attention.
+
+Cross-attention is ordinary attention whose keys/values come from another sequence (the context), of
+another length and possibly another width. Everything runs on `scaled_dot_product_attention` unless the
+caller asks for the attention weights, which SDPA cannot return.
+
+Shapes: N = rows of queries (batch × beams), B = context rows (sources), H = heads, T = query length,
+S = key length, Dh = head width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class KVCache:
+    """Self-attention keys/values of the positions decoded so far, in a buffer that grows by doubling.
+
+    Writing into a preallocated buffer avoids re-copying the whole history at every step (`torch.cat`).
+    """
+
+    def __init__(self, capacity: int = 64):
+        self.capacity = capacity
+        self.length = 0
+        self.k: torch.Tensor | None = None  # [N, H, capacity, Dh]
+        self.v: torch.Tensor | None = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, h, t, dh = k.shape
+        end = self.length + t
+        if self.k is None or end > self.k.shape[2]:
+            capacity = max(self.capacity, end, 2 * (self.k.shape[2] if self.k is not None else 0))
+            new_k, new_v = k.new_empty(n, h, capacity, dh), v.new_empty(n, h, capacity, dh)
+            if self.k is not None:
+                new_k[:, :, : self.length] = self.k[:, :, : self.length]
+                new_v[:, :, : self.length] = self.v[:, :, : self.length]
+            self.k, self.v = new_k, new_v
+        self.k[:, :, self.length : end] = k
+        self.v[:, :, self.length : end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def index_select(self, index: torch.Tensor) -> None:
+        """Keep rows `index` (beam reordering, or dropping finished rows)."""
+        if self.k is not None:
+            self.k = self.k.index_select(0, index)
+            self.v = self.v.index_select(0, index)
+
+
+def attention_weights(q, k, v, attn_mask=None, causal=False):
+    """Reference attention that also returns the weights: softmax(q kᵀ/√d + mask) v.
+
+    q [N,H,T,Dh], k/v [N,H,S,Dh], attn_mask bool broadcastable to [N,H,T,S] (True = attend).
+    Returns (out [N,H,T,Dh], weights [N,H,T,S]).
+    """
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # [N,H,T,S]
+    if causal:
+        t, s = scores.shape[-2:]
+        # Queries are the last t of s positions (s > t while decoding with a cache).
+        future = torch.ones(t, s, dtype=torch.bool, device=q.device).triu(s - t + 1)
+        scores = scores.masked_fill(future, float("-inf"))
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    return weights @ v, weights
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention; `dim_context` given ⇒ cross-attention over a context of that width."""
+
+    def __init__(self, dim: int, num_heads: int, *, dim_context: int | None = None, dropout: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            from .errors import ConfigError
+
+            raise ConfigError(f"d_model={dim} must be divisible by the number of heads ({num_heads}).")
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.is_cross = dim_context is not None
+        self.dropout = dropout
+        if self.is_cross:
+            self.q_proj = nn.Linear(dim, dim)
+            self.kv_proj = nn.Linear(dim_context, 2 * dim)
+        else:
+            self.qkv_proj = nn.Linear(dim, 3 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def _heads(self, x: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
+        # [N, T, parts*D] -> parts × [N, H, T, Dh]
+        n, t, _ = x.shape
+        x = x.view(n, t, parts, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return x.unbind(0)
+
+    def project_context(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys/values of the context [B, S, Dc] -> ([B,H,S,Dh], [B,H,S,Dh]); computed once per source."""
+        assert self.is_cross, "project_context is only defined for cross-attention"
+        return self._heads(self.kv_proj(context), 2)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+        *,
+        mask: torch.Tensor | None = None,
+        causal: bool = False,
+        cache: KVCache | None = None,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """
+        x:       [N, T, D] queries (and, for self-attention, keys/values)
+        context: cross-attention only: states [B, S, Dc], or keys/values from `project_context`.
+                 N may be a multiple G·B (G beams per source): the beams then share one copy of K/V.
+        mask:    [B, S] bool, True = attend (key padding); None = no padding
+        causal:  self-attention only: position t sees positions ≤ t
+        cache:   self-attention only: append this step's keys/values and attend over all of them
+        Returns (out [N, T, D], weights [N, H, T, S] if need_weights else None).
+        """
+        assert (context is not None) == self.is_cross, "context must be given exactly for cross-attention"
+        n, t, _ = x.shape
+        if self.is_cross:
+            (q,) = self._heads(self.q_proj(x), 1)
+            k, v = self.project_context(context) if torch.is_tensor(context) else context
+        else:
+            q, k, v = self._heads(self.qkv_proj(x), 3)
+            if cache is not None:
+                k, v = cache.append(k, v)
+
+        # Beams of one source share its K/V: fold the G beams into the query axis, [B, H, G*T, Dh].
+        # Exact, because cross-attention queries never see each other.
+        groups = n // k.shape[0]
+        if groups > 1:
+            q = q.reshape(k.shape[0], groups, self.num_heads, t, self.head_dim)
+            q = q.transpose(1, 2).reshape(k.shape[0], self.num_heads, groups * t, self.head_dim)
+
+        attn_mask = None if mask is None else mask[:, None, None, :]  # [B,1,1,S]
+        # With a cache, a single new query may see every key: no causal mask needed at all.
+        causal = causal and q.shape[2] > 1
+        weights = None
+        if need_weights:
+            out, weights = attention_weights(q, k, v, attn_mask, causal)
+        elif causal and q.shape[2] != k.shape[2]:
+            out, _ = attention_weights(q, k, v, attn_mask, causal)  # multi-token step after a prefix
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
+            )
+
+        if groups > 1:
+            out = out.reshape(k.shape[0], self.num_heads, groups, t, self.head_dim).transpose(1, 2)
+            if weights is not None:
+                weights = weights.reshape(k.shape[0], self.num_heads, groups, t, -1).transpose(1, 2)
+                weights = weights.reshape(n, self.num_heads, t, -1)
+        out = out.reshape(n, self.num_heads, t, self.head_dim).transpose(1, 2).reshape(n, t, self.dim)
+        return self.out_proj(out), weights

@@ -1,0 +1,24 @@
+"""`mmx-train`: the Hydra app around `mmxattn.train.train`. `mmx-train --help` explains its use."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from ..train import train
+from .common import user_errors_exit
+
+
+@hydra.main(version_base="1.3", config_path="pkg://mmxattn.conf", config_name="train")
+@user_errors_exit
+def _app(cfg: DictConfig) -> float | None:
+    results = train(cfg)
+    return results.get("val_bleu")  # the value a Hydra sweeper optimises
+
+
+def main() -> None:
+    _app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""User-facing errors: each names the file, line or config key at fault and says how to fix it.
+
+The CLIs catch `MmxError` and print its message without a traceback, because these are the user's
+mistakes, not ours.
+"""
+
+
+class MmxError(Exception):
+    """Base class for errors caused by user input (data, config, arguments)."""
+
+
+class ConfigError(MmxError, ValueError):
+    """A config value is missing, invalid, or inconsistent with another one."""
+
+
+class DataError(MmxError, ValueError):
+    """A data file is missing, unreadable or malformed."""
+
+
+class PluginError(MmxError, RuntimeError):
+    """An encoder plugin is unknown, broken, or violates the plugin contract."""

@@ -1,0 +1,33 @@
+"""Decode a data split with a trained model and score it; shared by training's final test and `mmx-eval`."""
+
+from __future__ import annotations
+
+import torch
+
+from .data.datamodule import Seq2SeqDataModule
+from .generation import GenerationConfig, generate
+from .metrics import Score, corpus_bleu
+from .model import EncoderDecoder
+
+
+@torch.inference_mode()
+def decode_split(model: EncoderDecoder, datamodule: Seq2SeqDataModule, split: str, gen: GenerationConfig,
+                 device: str | torch.device = "cpu") -> list[str]:
+    """Hypotheses for every sample of `split`, in file order."""
+    model.eval()
+    dataset = datamodule.splits[split]
+    outputs: list[str | None] = [None] * len(dataset)
+    for batch in datamodule.loader(split, shuffle=False):
+        if "inputs" not in batch:
+            continue
+        inputs = {name: {k: v.to(device) for k, v in feats.items()} for name, feats in batch["inputs"].items()}
+        hyps = generate(model.decoder, model.encode(inputs), gen)
+        for index, hyp in zip(batch["index"].tolist(), hyps):
+            outputs[index] = datamodule.tokenizers.target.decode(hyp[0].tokens)
+    return [o if o is not None else "" for o in outputs]
+
+
+def score_split(model, datamodule, split, gen, device="cpu") -> tuple[list[Score], list[str]]:
+    hyps = decode_split(model, datamodule, split, gen, device)
+    refs = [s.references for s in datamodule.splits[split].samples]
+    return [corpus_bleu(hyps, refs)], hyps

@@ -1,0 +1,179 @@
+"""Decoding: greedy, batched beam search, and sampling over one `TransformerDecoder`.
+
+All strategies project the context into cross-attention K/V once (`decoder.start`) and keep it for the
+whole decode; beams of a source share that one copy. Rows (and sources) that finish are dropped from
+the batch, so they stop costing compute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .context import Context
+from .decoder import TransformerDecoder
+from .errors import ConfigError
+from .tokenizer import BOS, EOS, PAD
+
+
+@dataclass
+class GenerationConfig:
+    strategy: str = "beam"  # greedy | beam | sample
+    beam_size: int = 5
+    nbest: int = 1
+    max_len: int = 128  # generated tokens, EOS included
+    min_len: int = 0  # EOS is forbidden before this many tokens
+    length_penalty: float = 1.0  # beam score = log-prob / length ** length_penalty
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1.0 = off
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.strategy not in {"greedy", "beam", "sample"}:
+            raise ConfigError(f"generation.strategy={self.strategy!r}; expected greedy, beam or sample")
+        if self.beam_size < 1 or self.nbest < 1 or (self.strategy == "beam" and self.nbest > self.beam_size):
+            raise ConfigError(
+                f"generation.beam_size={self.beam_size}, nbest={self.nbest}: need 1 ≤ nbest ≤ beam_size"
+            )
+        if self.max_len < 1 or self.min_len >= self.max_len:
+            raise ConfigError(f"generation.max_len={self.max_len} must exceed min_len={self.min_len} and be ≥ 1")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ConfigError("generation: need temperature > 0, 0 < top_p ≤ 1, top_k ≥ 0")
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # without BOS/EOS
+    score: float  # log-probability (beam: divided by length ** length_penalty)
+
+
+@torch.no_grad()
+def generate(decoder: TransformerDecoder, context: Context, cfg: GenerationConfig) -> list[list[Hypothesis]]:
+    """For each of the B sources in `context`, its hypotheses (best first; nbest of them for beam)."""
+    if cfg.strategy == "beam":
+        return beam_search(decoder, context, cfg)
+    generator = None
+    if cfg.strategy == "sample" and cfg.seed is not None:
+        generator = torch.Generator(device=context.states.device).manual_seed(cfg.seed)
+    return [[h] for h in _decode_one_per_row(decoder, context, cfg, generator)]
+
+
+def _constrain(logp: torch.Tensor, step: int, cfg: GenerationConfig) -> torch.Tensor:
+    # logp [n, V]: never PAD or BOS; forbid EOS before min_len, force it at max_len
+    logp[:, PAD] = float("-inf")
+    logp[:, BOS] = float("-inf")
+    if step < cfg.min_len:
+        logp[:, EOS] = float("-inf")
+    if step == cfg.max_len - 1:
+        eos = logp[:, EOS].clone()
+        logp.fill_(float("-inf"))
+        logp[:, EOS] = eos
+    return logp
+
+
+def _filter_logits(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
+    """Temperature, top-k and nucleus (top-p) filtering of logits [n, V]."""
+    logits = logits / cfg.temperature
+    if cfg.top_k:
+        kth = logits.topk(min(cfg.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= cfg.top_p  # keep the smallest prefix reaching top_p
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return logits
+
+
+def _decode_one_per_row(decoder, context, cfg, generator) -> list[Hypothesis]:
+    """Greedy or sampling: one hypothesis per source; finished rows leave the batch."""
+    b = context.states.shape[0]
+    device = context.states.device
+    state = decoder.start(context, capacity=min(cfg.max_len, 64))
+    out = torch.full((b, cfg.max_len), EOS, dtype=torch.long, device=device)
+    scores = torch.zeros(b, device=device)
+    lengths = torch.full((b,), cfg.max_len, dtype=torch.long, device=device)
+    active = torch.arange(b, device=device)  # original row of each live row
+    tokens = torch.full((b, 1), BOS, dtype=torch.long, device=device)
+    for step in range(cfg.max_len):
+        logits = decoder.step(tokens, state)[0][:, -1].float()  # [n, V]
+        logp = _constrain(logits.log_softmax(-1), step, cfg)
+        if cfg.strategy == "sample":
+            probs = _filter_logits(logp, cfg).softmax(-1)
+            next_tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        else:
+            next_tok = logp.argmax(-1)
+        out[active, step] = next_tok
+        scores[active] += logp.gather(1, next_tok[:, None]).squeeze(1)
+        done = next_tok == EOS
+        if bool(done.any()):
+            lengths[active[done]] = step
+            keep = (~done).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
+            active, next_tok = active[keep], next_tok[keep]
+            state.select_rows(keep)
+            state.select_sources(keep)
+        tokens = next_tok[:, None]
+    return [Hypothesis(out[i, : lengths[i]].tolist(), float(scores[i])) for i in range(b)]
+
+
+def beam_search(decoder: TransformerDecoder, context: Context, cfg: GenerationConfig) -> list[list[Hypothesis]]:
+    """Batched beam search (fairseq-style): a source is done once it has `beam_size` finished hypotheses."""
+    b, k = context.states.shape[0], cfg.beam_size
+    device = context.states.device
+    state = decoder.start(context, capacity=min(cfg.max_len, 64))  # K/V per source, shared by its beams
+    finished: list[list[Hypothesis]] = [[] for _ in range(b)]
+    n_finished = torch.zeros(b, dtype=torch.long, device=device)
+    active = torch.arange(b, device=device)  # original source of each live source
+    # Beams start identical: only beam 0 may expand at the first step.
+    beam_scores = torch.full((b, k), float("-inf"), device=device)
+    beam_scores[:, 0] = 0
+    beam_scores = beam_scores.view(-1)  # [n = b*k]
+    seqs = torch.full((b * k, 1), BOS, dtype=torch.long, device=device)  # [n, t]
+    for step in range(cfg.max_len):
+        logits = decoder.step(seqs[:, -1:], state)[0][:, -1].float()  # [n, V]
+        logp = _constrain(logits.log_softmax(-1), step, cfg)
+        vocab = logp.shape[-1]
+        n_src = len(active)
+        cand = (beam_scores[:, None] + logp).view(n_src, k * vocab)
+        top_scores, top_idx = cand.topk(2 * k, dim=1)  # [b, 2k]: at most k end in EOS, so k others remain
+        parent, token = top_idx // vocab, top_idx % vocab
+        is_eos = token == EOS
+
+        # EOS among the best k candidates finishes a hypothesis (python loop over finish events only).
+        eos_events = (is_eos[:, :k] & (top_scores[:, :k] > float("-inf"))).nonzero().tolist()
+        for src_row, c in eos_events:
+            src = int(active[src_row])
+            if len(finished[src]) < k:
+                row = src_row * k + int(parent[src_row, c])
+                length = step + 1  # generated tokens, EOS included
+                finished[src].append(
+                    Hypothesis(seqs[row, 1:].tolist(), float(top_scores[src_row, c]) / length**cfg.length_penalty)
+                )
+                n_finished[src] += 1
+
+        # The next beams: the best k candidates that did not end in EOS.
+        next_scores, pos = top_scores.masked_fill(is_eos, float("-inf")).topk(k, dim=1)
+        rows = (torch.arange(n_src, device=device)[:, None] * k + parent.gather(1, pos)).view(-1)
+        next_tokens = token.gather(1, pos).view(-1)
+
+        live = n_finished[active] < k  # [b]
+        if not bool(live.any()):
+            break
+        if not bool(live.all()):  # drop finished sources: their rows and their context K/V
+            keep_src = live.nonzero().squeeze(1)
+            state.select_sources(keep_src)
+            active = active[keep_src]
+            keep_rows = (keep_src[:, None] * k + torch.arange(k, device=device)).view(-1)
+            rows, next_tokens = rows[keep_rows], next_tokens[keep_rows]
+            next_scores = next_scores[keep_src]
+        state.select_rows(rows)
+        seqs = torch.cat([seqs[rows], next_tokens[:, None]], dim=1)
+        beam_scores = next_scores.view(-1)
+
+    for hyps in finished:
+        hyps.sort(key=lambda h: h.score, reverse=True)
+    return [hyps[: cfg.nbest] for hyps in finished]

@@ -1,0 +1,32 @@
+"""Text metrics on detokenized output (sacreBLEU, with its signature so numbers are comparable)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sacrebleu.metrics import BLEU
+
+
+@dataclass
+class Score:
+    name: str
+    value: float
+    signature: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.name} = {self.value:.2f}" + (f"  ({self.signature})" if self.signature else "")
+
+
+def corpus_bleu(hypotheses: list[str], references: list[list[str]], **options) -> Score:
+    """sacreBLEU over detokenized text; each hypothesis may have several references.
+
+    Sources with fewer references are padded by repeating their first one, which leaves BLEU unchanged
+    (clipped counts take the maximum over references; the closest reference length is unaffected).
+    """
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference lists")
+    width = max((len(r) for r in references), default=1)
+    streams = [[refs[min(i, len(refs) - 1)] for refs in references] for i in range(width)]
+    bleu = BLEU(**options)
+    result = bleu.corpus_score(hypotheses, streams)
+    return Score("BLEU", result.score, str(bleu.get_signature()))
