@@ -6,7 +6,7 @@ import torch
 
 from .data.datamodule import Seq2SeqDataModule
 from .generation import GenerationConfig, generate
-from .metrics import Score, corpus_bleu
+from .metrics import Score, score_all
 from .model import EncoderDecoder
 
 
@@ -27,7 +27,8 @@ def decode_split(model: EncoderDecoder, datamodule: Seq2SeqDataModule, split: st
     return [o if o is not None else "" for o in outputs]
 
 
-def score_split(model, datamodule, split, gen, device="cpu") -> tuple[list[Score], list[str]]:
+def score_split(model, datamodule, split, gen, metrics, device="cpu") -> tuple[dict[str, Score], list[str]]:
+    """Decode `split` and score it with each metric in `metrics` (names from mmxattn.metrics.METRICS)."""
     hyps = decode_split(model, datamodule, split, gen, device)
     refs = [s.references for s in datamodule.splits[split].samples]
-    return [corpus_bleu(hyps, refs)], hyps
+    return score_all(metrics, hyps, refs), hyps

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from sacrebleu.metrics import BLEU
 
@@ -30,3 +31,17 @@ def corpus_bleu(hypotheses: list[str], references: list[list[str]], **options) -
     bleu = BLEU(**options)
     result = bleu.corpus_score(hypotheses, streams)
     return Score("BLEU", result.score, str(bleu.get_signature()))
+
+
+# eval.metrics names -> scorer(hypotheses, references) -> Score. The first listed is the one that
+# picks the best checkpoint (checkpoint.monitor = val/<name>).
+METRICS: dict[str, Callable[[list[str], list[list[str]]], Score]] = {"bleu": corpus_bleu}
+
+
+def score_all(names, hypotheses: list[str], references: list[list[str]]) -> dict[str, Score]:
+    from .errors import ConfigError
+
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise ConfigError(f"eval.metrics: unknown {unknown}; available: {', '.join(METRICS)}")
+    return {name: METRICS[name](hypotheses, references) for name in names}

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .data.datamodule import IGNORE
 from .generation import GenerationConfig, generate
-from .metrics import corpus_bleu
+from .metrics import score_all
 from .model import EncoderDecoder
 from .tokenizer import Tokenizers
 
@@ -65,7 +65,7 @@ class Seq2SeqTask(L.LightningModule):
             return
         loss, _ = self._loss(batch)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=int(batch["target_in"].shape[0]))
-        if self.cfg.eval.bleu:
+        if self.cfg.eval.metrics:
             # cap decoding near the references' length: an untrained model would otherwise babble to max_len
             cap = 2 * batch["target_in"].shape[1] + 10
             gen = GenerationConfig(**{**self.val_generation.__dict__, "max_len": min(self.val_generation.max_len, cap)})
@@ -74,7 +74,7 @@ class Seq2SeqTask(L.LightningModule):
                 self._val_outputs.append((index, self.tokenizers.target.decode(hyp[0].tokens)))
 
     def on_validation_epoch_end(self):
-        if not self.cfg.eval.bleu:
+        if not self.cfg.eval.metrics:
             return
         outputs, self._val_outputs = self._val_outputs, []
         if dist.is_available() and dist.is_initialized():
@@ -85,15 +85,18 @@ class Seq2SeqTask(L.LightningModule):
             return
         outputs.sort()
         samples = self.trainer.datamodule.splits["valid"].samples
-        bleu = corpus_bleu([hyp for _, hyp in outputs], [samples[i].references for i, _ in outputs])
-        self.log("val/bleu", bleu.value, prog_bar=True, rank_zero_only=True)
-        self.last_bleu = bleu
+        scores = score_all(self.cfg.eval.metrics, [hyp for _, hyp in outputs], [samples[i].references for i, _ in outputs])
+        for name, score in scores.items():
+            # every rank holds the gathered outputs, so every rank logs the same value
+            self.log(f"val/{name}", score.value, prog_bar=True)
+        self.last_scores = scores
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
             shown = "".join(
                 f"\n  src: {samples[i].sources.get('src', samples[i].where)}\n  ref: {samples[i].target}\n  hyp: {hyp}"
                 for i, hyp in outputs[: self.cfg.eval.show_examples]
             )
-            log.info("epoch %d step %d: validation %s%s", self.current_epoch, self.global_step, bleu, shown)
+            summary = "; ".join(str(s) for s in scores.values())
+            log.info("epoch %d step %d: validation %s%s", self.current_epoch, self.global_step, summary, shown)
 
     def on_train_epoch_end(self):
         if self.skipped_samples:

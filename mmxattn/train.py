@@ -89,15 +89,15 @@ def train(cfg: DictConfig) -> dict:
         task.load_state_dict(best["state_dict"])
     export_model(output_dir / "model.pt", model, datamodule.tokenizers, cfg)
     datamodule.tokenizers.target.save(output_dir / "tokenizer.model")
-    if hasattr(task, "last_bleu"):
-        results["val_bleu"] = task.last_bleu.value
+    for name, score in getattr(task, "last_scores", {}).items():
+        results[f"val_{name}"] = score.value
 
     if cfg.data.get("test"):
         datamodule.prepare(("test",))
-        scores, hyps = score_split(model, datamodule, "test", GenerationConfig(**cfg.generation))
+        scores, hyps = score_split(model, datamodule, "test", GenerationConfig(**cfg.generation), cfg.eval.metrics)
         (output_dir / "test.hyp").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
-        for score in scores:
+        for name, score in scores.items():
             log.info("test (%s, %s): %s", cfg.data.test, cfg.generation.strategy, score)
-            results[f"test_{score.name.lower()}"] = score.value
+            results[f"test_{name}"] = score.value
     log.info("exported %s; results %s", output_dir / "model.pt", results)
     return results

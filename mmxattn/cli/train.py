@@ -13,7 +13,7 @@ from .common import user_errors_exit
 @user_errors_exit
 def _app(cfg: DictConfig) -> float | None:
     results = train(cfg)
-    return results.get("val_bleu")  # the value a Hydra sweeper optimises
+    return results.get(f"val_{cfg.eval.metrics[0]}") if cfg.eval.metrics else None  # what a sweeper optimises
 
 
 def main() -> None:
