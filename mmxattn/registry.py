@@ -52,9 +52,11 @@ class EncoderPlugin:
 
     input_kind: "text" (raw samples are strings: lines of a file or stdin) or "path" (raw samples are
     file paths), so that `mmx-generate` knows how to read inputs for it.
+    file_extensions: for "path" plugins, the suffixes `mmx-generate` picks up when given a folder.
     """
 
     input_kind: str = "text"
+    file_extensions: tuple[str, ...] = ()
 
     def build_encoder(self, cfg: Mapping[str, Any], *, tokenizer=None) -> nn.Module:
         """An nn.Module with an integer `output_dim` and `forward(batch) -> Context`."""
