@@ -28,3 +28,40 @@ def user_errors_exit(fn):
             sys.exit(2)
 
     return wrapper
+
+
+def add_generation_args(parser) -> None:
+    """Decoding options shared by mmx-generate and mmx-eval; unset ones keep the checkpoint's `generation`."""
+    g = parser.add_argument_group("decoding (defaults: the `generation` section of the model's config)")
+    g.add_argument("--strategy", choices=["greedy", "beam", "sample"])
+    g.add_argument("--beam-size", type=int, help="beams per input (beam search)")
+    g.add_argument("--nbest", type=int, help="hypotheses to print per input (beam search)")
+    g.add_argument("--max-len", type=int, help="most tokens to generate")
+    g.add_argument("--min-len", type=int, help="fewest tokens to generate")
+    g.add_argument("--length-penalty", type=float, help="beam score = logprob / length**penalty")
+    g.add_argument("--temperature", type=float, help="sampling temperature")
+    g.add_argument("--top-k", type=int, help="sample from the k most likely tokens (0 = off)")
+    g.add_argument("--top-p", type=float, help="nucleus sampling mass (1.0 = off)")
+    g.add_argument("--seed", type=int, help="random seed for sampling")
+    parser.add_argument("--batch-size", type=int, default=32, help="inputs decoded together (default 32)")
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu", help="cpu, cuda, cuda:1, ...")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def generation_config(defaults, args):
+    """GenerationConfig from the model's `generation` config with command-line options on top."""
+    from omegaconf import OmegaConf
+
+    from ..generation import GenerationConfig
+
+    values = dict(OmegaConf.to_container(defaults, resolve=True)) if defaults is not None else {}
+    for key in GenerationConfig.__dataclass_fields__:
+        arg = getattr(args, key, None)
+        if arg is not None:
+            values[key] = arg
+    return GenerationConfig(**values)

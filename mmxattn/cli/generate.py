@@ -1,0 +1,122 @@
+"""`mmx-generate`: write outputs of a trained model for inputs given as files, folders or stdin."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from .. import registry
+from ..checkpoint import load_for_inference
+from ..errors import DataError, MmxError
+from ..generation import generate
+from ..model import encoder_configs
+from .common import add_generation_args, generation_config, setup_logging, user_errors_exit
+
+EPILOG = """examples:
+  mmx-generate outputs/translation-quickstart/2026-01-01_12-00-00 input.txt
+  echo "Two small dogs chase the red ball." | mmx-generate outputs/.../model.pt
+  mmx-generate model.pt --beam-size 8 --nbest 3 input.txt        # id, rank, score, text per line
+  mmx-generate model.pt --strategy sample --top-p 0.9 --seed 1 input.txt
+  mmx-generate captioner/model.pt photos/ extra.jpg               # image/audio models: files or folders
+
+Text models read one input per line (files or stdin) and print one output per line, in order.
+Image/audio models take file paths (folders are searched for known file types) and print
+"path<TAB>output". CHECKPOINT is model.pt, a Lightning .ckpt, or a run folder holding them."""
+
+
+def read_inputs(paths: list[str], plugin) -> list[tuple[str, object]]:
+    """(where, raw input) pairs: lines of text files/stdin, or file paths for path-based encoders."""
+    sources = paths or ["-"]
+    items: list[tuple[str, object]] = []
+    for source in sources:
+        if plugin.input_kind == "text":
+            if source == "-":
+                lines = sys.stdin.read().splitlines()
+            else:
+                path = Path(source)
+                if not path.is_file():
+                    raise DataError(f"{path}: input file not found")
+                lines = path.read_text(encoding="utf-8").splitlines()
+            items += [(f"{source}:{i}", line) for i, line in enumerate(lines, 1)]
+        else:
+            names = sys.stdin.read().split() if source == "-" else [source]
+            for name in names:
+                path = Path(name)
+                if path.is_dir():
+                    found = sorted(p for p in path.rglob("*") if p.suffix.lower() in plugin.file_extensions)
+                    if not found:
+                        raise DataError(f"{path}: no files ending in {', '.join(plugin.file_extensions)} in this folder")
+                    items += [(str(p), str(p)) for p in found]
+                elif path.is_file():
+                    items.append((str(path), str(path)))
+                else:
+                    raise DataError(f"{path}: input file not found")
+    return items
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="mmx-generate", description="Generate text with a trained mmxattn model.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("checkpoint", help="model.pt, a .ckpt file, or a run folder")
+    parser.add_argument("inputs", nargs="*", help="input files or folders; none or '-' = stdin")
+    parser.add_argument("-o", "--output", help="write here instead of stdout")
+    add_generation_args(parser)
+    return parser.parse_args(argv)
+
+
+@user_errors_exit
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    setup_logging()
+    model, tokenizers, cfg = load_for_inference(args.checkpoint, args.device)
+    sources = encoder_configs(cfg)
+    if len(sources) != 1:
+        raise MmxError(f"this model reads {len(sources)} sources ({', '.join(sources)}); mmx-generate takes one")
+    (source, enc_cfg), = sources.items()
+    plugin = registry.get_plugin(enc_cfg["name"])
+    processor = plugin.build_processor(enc_cfg, tokenizer=tokenizers, train=False)
+    gen = generation_config(cfg.get("generation"), args)
+    items = read_inputs(args.inputs, plugin)
+
+    features = []
+    for where, raw in items:
+        if plugin.input_kind == "text" and not raw.strip():
+            print(f"warning: {where}: empty input line, empty output", file=sys.stderr)
+            features.append(None)
+            continue
+        try:
+            features.append(processor(raw))
+        except DataError as e:
+            raise DataError(f"{where}: {e}") from e
+
+    # Decode in length-sorted batches (less padding), then print in input order.
+    outputs: list[list] = [[] for _ in items]
+    order = sorted((i for i, f in enumerate(features) if f is not None), key=lambda i: processor.length(items[i][1]))
+    with torch.inference_mode():
+        for start in range(0, len(order), args.batch_size):
+            chunk = order[start : start + args.batch_size]
+            batch = {k: v.to(args.device) for k, v in processor.collate([features[i] for i in chunk]).items()}
+            for i, hyps in zip(chunk, generate(model.decoder, model.encode({source: batch}), gen)):
+                outputs[i] = hyps
+
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        for i, ((where, raw), hyps) in enumerate(zip(items, outputs)):
+            prefix = f"{raw}\t" if plugin.input_kind == "path" else ""
+            if gen.nbest > 1 and gen.strategy == "beam":
+                for rank, h in enumerate(hyps):
+                    out.write(f"{i}\t{rank}\t{h.score:.4f}\t{prefix}{tokenizers.target.decode(h.tokens)}\n")
+            else:
+                out.write(prefix + (tokenizers.target.decode(hyps[0].tokens) if hyps else "") + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+if __name__ == "__main__":
+    main()
