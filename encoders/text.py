@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from mmxattn.context import Context
+from mmxattn.errors import ConfigError
 from mmxattn.layers import TransformerEncoder, sinusoidal_positions
 from mmxattn.registry import EncoderPlugin, Processor
 from mmxattn.tokenizer import PAD
@@ -57,6 +58,11 @@ class TextPlugin(EncoderPlugin):
     input_kind = "text"
 
     def build_encoder(self, cfg: Mapping[str, Any], *, tokenizer=None) -> TextEncoder:
+        if cfg["d_model"] % cfg["num_heads"]:
+            raise ConfigError(
+                f"encoder.d_model={cfg['d_model']} is not divisible by encoder.num_heads={cfg['num_heads']}; "
+                "change one of them"
+            )
         return TextEncoder(
             vocab_size=len(tokenizer.source), d_model=cfg["d_model"], num_layers=cfg["num_layers"],
             num_heads=cfg["num_heads"], ffn_dim=cfg["ffn_dim"], dropout=cfg.get("dropout", 0.1),

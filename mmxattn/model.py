@@ -56,6 +56,11 @@ def build_model(cfg, tokenizers) -> EncoderDecoder:
         for source, enc_cfg in encoder_configs(cfg).items()
     }
     dec = cfg["decoder"]
+    if dec["d_model"] % dec["num_heads"]:
+        raise ConfigError(
+            f"decoder.d_model={dec['d_model']} is not divisible by decoder.num_heads={dec['num_heads']}; "
+            "change one of them (each head gets d_model / num_heads dimensions)"
+        )
     decoder = TransformerDecoder(
         vocab_size=len(tokenizers.target), d_model=dec["d_model"], num_layers=dec["num_layers"],
         num_heads=dec["num_heads"], ffn_dim=dec["ffn_dim"], dropout=dec["dropout"],

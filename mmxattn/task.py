@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from .data.datamodule import IGNORE
+from .errors import ConfigError
 from .generation import GenerationConfig, generate
 from .metrics import score_all
 from .model import EncoderDecoder
@@ -22,6 +23,10 @@ log = logging.getLogger(__name__)
 
 def lr_lambda(warmup: int, total: int, schedule: str, min_ratio: float):
     """Linear warmup, then cosine / linear decay to min_ratio, or inverse square root."""
+    if schedule not in ("cosine", "linear", "inverse_sqrt"):
+        raise ConfigError(f"optim.schedule={schedule!r}; expected cosine, linear or inverse_sqrt")
+    if warmup < 1:
+        raise ConfigError(f"optim.warmup_steps={warmup} must be ≥ 1")
 
     def factor(step: int) -> float:
         if step < warmup:
