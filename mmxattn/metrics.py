@@ -7,6 +7,8 @@ from typing import Callable
 
 from sacrebleu.metrics import BLEU
 
+from .cider import corpus_cider_d
+
 
 @dataclass
 class Score:
@@ -35,7 +37,7 @@ def corpus_bleu(hypotheses: list[str], references: list[list[str]], **options) -
 
 # eval.metrics names -> scorer(hypotheses, references) -> Score. The first listed is the one that
 # picks the best checkpoint (checkpoint.monitor = val/<name>).
-METRICS: dict[str, Callable[[list[str], list[list[str]]], Score]] = {"bleu": corpus_bleu}
+METRICS: dict[str, Callable[[list[str], list[list[str]]], Score]] = {"bleu": corpus_bleu, "cider": corpus_cider_d}
 
 
 def score_all(names, hypotheses: list[str], references: list[list[str]]) -> dict[str, Score]:
