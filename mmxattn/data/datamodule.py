@@ -1,0 +1,179 @@
+"""From files on disk to padded batches: read samples, build tokenizers, bucket, batch, collate.
+
+The flow of one batch: a reader (by `data.format`) gives `Sample`s -> `Seq2SeqDataset.__getitem__` runs
+each source's plugin processor (in a DataLoader worker) and looks up the tokenized target ->
+`TokenBudgetBatchSampler` groups similar lengths -> `Collater` pads targets and calls each processor's
+collate.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .. import registry
+from ..errors import ConfigError, DataError
+from ..model import encoder_configs
+from ..tokenizer import BOS, EOS, PAD, Tokenizers
+from .batching import ResumableDataLoader, TokenBudgetBatchSampler
+from .captions import read_coco_captions, read_karpathy
+from .parallel_text import read_parallel_text
+from .samples import Sample, SkipReport
+from .speech import read_speech_tsv
+from .synthetic_captions import write_captions
+from .synthetic_speech import write_speech_corpus
+from .synthetic_translation import write_corpus
+
+log = logging.getLogger(__name__)
+
+# data.format -> reader(data_cfg, split, skipped) -> list[Sample]
+READERS: dict[str, Callable[..., list[Sample]]] = {"parallel_text": read_parallel_text, "speech_tsv": read_speech_tsv,
+                                                   "coco": read_coco_captions, "karpathy": read_karpathy}
+
+# data.synthetic -> writer(root, seed=...): quickstart data that mmxattn generates on the user's machine
+SYNTHETIC: dict[str, Callable[..., Any]] = {"translation": write_corpus, "speech": write_speech_corpus,
+                                           "captions": write_captions}
+
+IGNORE = -100  # label id that the loss ignores (padding)
+
+
+class Seq2SeqDataset(Dataset):
+    def __init__(self, samples: list[Sample], targets: list[list[int]], processors: dict[str, registry.Processor],
+                 skip_invalid: bool = False):
+        self.samples, self.targets, self.processors = samples, targets, processors
+        self.skip_invalid = skip_invalid
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        sample = self.samples[index]
+        try:
+            sources = {name: proc(sample.sources[name]) for name, proc in self.processors.items()}
+        except DataError as e:
+            if self.skip_invalid:  # counted by the collater, reported by the training task
+                log.warning("skipping %s: %s", sample.where, e)
+                return None
+            raise DataError(f"{sample.where}: {e}") from e
+        return {"sources": sources, "target": self.targets[index], "index": index}
+
+
+class Collater:
+    """A list of dataset items -> {"inputs": {source: batch}, "target_in", "target_out", "index", "skipped"}."""
+
+    def __init__(self, processors: dict[str, registry.Processor]):
+        self.processors = processors
+
+    def __call__(self, items: Sequence[dict | None]) -> dict[str, Any]:
+        good = [item for item in items if item is not None]
+        batch: dict[str, Any] = {"skipped": len(items) - len(good)}
+        if not good:  # every sample was bad: an empty batch the task skips, not a crash
+            return batch
+        width = max(len(item["target"]) for item in good) + 1
+        target_in = torch.full((len(good), width), PAD, dtype=torch.long)
+        target_out = torch.full((len(good), width), IGNORE, dtype=torch.long)
+        for row, item in enumerate(good):
+            ids = torch.tensor(item["target"], dtype=torch.long)
+            target_in[row, 0], target_in[row, 1 : len(ids) + 1] = BOS, ids
+            target_out[row, : len(ids)], target_out[row, len(ids)] = ids, EOS
+        batch.update(
+            inputs={name: proc.collate([item["sources"][name] for item in good]) for name, proc in self.processors.items()},
+            target_in=target_in,  # [B, T] BOS y1 .. yn PAD..
+            target_out=target_out,  # [B, T] y1 .. yn EOS IGNORE..
+            index=torch.tensor([item["index"] for item in good]),
+        )
+        return batch
+
+
+class Seq2SeqDataModule(L.LightningDataModule):
+    """`prepare()` runs in every process before the model is built (the model needs the vocabulary)."""
+
+    def __init__(self, cfg, tokenizers: Tokenizers | None = None):
+        super().__init__()
+        self.cfg, self.data_cfg = cfg, cfg.data
+        self.tokenizers = tokenizers
+        self.skipped = SkipReport()
+        self.splits: dict[str, Seq2SeqDataset] = {}
+        if self.data_cfg.format not in READERS:
+            raise ConfigError(
+                f"data.format={self.data_cfg.format!r} is unknown; expected one of {', '.join(sorted(READERS))}"
+            )
+
+    def read(self, split: str) -> list[Sample]:
+        return READERS[self.data_cfg.format](self.data_cfg, split, self.skipped)
+
+    def prepare(self, splits: Sequence[str] = ("train", "valid")) -> None:
+        samples = {split: self.read(split) for split in splits}
+        if self.tokenizers is None:
+            if "train" not in samples:
+                raise ConfigError("tokenizers are built from the training split: prepare it first")
+            train = samples["train"]
+            text_sources = [s for s, c in encoder_configs(self.cfg).items() if registry.get_plugin(c["name"]).input_kind == "text"]
+            source_texts = [smp.sources[s] for smp in train for s in text_sources] if text_sources else None
+            self.tokenizers = Tokenizers.build(self.cfg.tokenizer, source_texts, [smp.target for smp in train])
+        for split, split_samples in samples.items():
+            self.splits[split] = self._dataset(split_samples, train=(split == "train"))
+        if self.skipped.total:
+            log.warning("data: %s", self.skipped.summary("samples"))
+
+    def processors(self, train: bool) -> dict[str, registry.Processor]:
+        return {
+            source: registry.get_plugin(c["name"]).build_processor(c, tokenizer=self.tokenizers, train=train)
+            for source, c in encoder_configs(self.cfg).items()
+        }
+
+    def _dataset(self, samples: list[Sample], train: bool) -> Seq2SeqDataset:
+        processors = self.processors(train)
+        max_len = self.data_cfg.max_len
+        kept, targets, sizes = [], [], []
+        for sample in samples:
+            target = self.tokenizers.target.encode(sample.target)
+            size = max([len(target) + 1] + [proc.length(sample.sources[n]) for n, proc in processors.items()])
+            if size > max_len:
+                if not self.data_cfg.skip_invalid:
+                    raise DataError(
+                        f"{sample.where}: {size} tokens, longer than data.max_len={max_len}. Raise data.max_len, "
+                        "or set data.skip_invalid=true to drop empty and overlong pairs (the number is reported)."
+                    )
+                self.skipped.add(f"longer than data.max_len={max_len}", sample.where)
+                continue
+            kept.append(sample)
+            targets.append(target)
+            sizes.append(size)
+        if not kept:
+            raise DataError(f"no usable samples left in data.{'train' if train else 'valid'} after checks")
+        dataset = Seq2SeqDataset(kept, targets, processors, skip_invalid=self.data_cfg.skip_invalid)
+        dataset.sizes = sizes
+        return dataset
+
+    def _world(self) -> tuple[int, int]:
+        if self.trainer is not None:
+            return self.trainer.world_size, self.trainer.global_rank
+        return 1, 0
+
+    def loader(self, split: str, *, shuffle: bool, max_tokens: int | None = None) -> DataLoader:
+        dataset = self.splits[split]
+        world, rank = self._world()
+        sampler = TokenBudgetBatchSampler(
+            dataset.sizes, max_tokens=max_tokens or self.data_cfg.max_tokens,
+            max_sentences=self.data_cfg.max_sentences, shuffle=shuffle, seed=self.cfg.seed,
+            num_replicas=world, rank=rank,
+        )
+        workers = self.data_cfg.num_workers
+        return ResumableDataLoader(  # its position in the epoch is saved in checkpoints
+            dataset, batch_sampler=sampler, collate_fn=Collater(dataset.processors),
+            num_workers=workers, persistent_workers=workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("valid", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test", shuffle=False)
