@@ -42,9 +42,11 @@ IGNORE = -100  # label id that the loss ignores (padding)
 
 
 class Seq2SeqDataset(Dataset):
-    def __init__(self, samples: list[Sample], targets: list[list[int]], processors: dict[str, registry.Processor],
-                 skip_invalid: bool = False):
-        self.samples, self.targets, self.processors = samples, targets, processors
+    """samples with their tokenized targets and sizes (max of source/target length, for batching)."""
+
+    def __init__(self, samples: list[Sample], targets: list[list[int]], sizes: list[int],
+                 processors: dict[str, registry.Processor], skip_invalid: bool = False):
+        self.samples, self.targets, self.sizes, self.processors = samples, targets, sizes, processors
         self.skip_invalid = skip_invalid
 
     def __len__(self) -> int:
@@ -146,9 +148,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
             sizes.append(size)
         if not kept:
             raise DataError(f"no usable samples left in data.{'train' if train else 'valid'} after checks")
-        dataset = Seq2SeqDataset(kept, targets, processors, skip_invalid=self.data_cfg.skip_invalid)
-        dataset.sizes = sizes
-        return dataset
+        return Seq2SeqDataset(kept, targets, sizes, processors, skip_invalid=self.data_cfg.skip_invalid)
 
     def _world(self) -> tuple[int, int]:
         if self.trainer is not None:
