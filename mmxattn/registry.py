@@ -5,14 +5,22 @@ A plugin is an object registered under a name in the entry-point group `mmxattn.
     [project.entry-points."mmxattn.encoders"]
     text = "mmxattn_encoders.text:plugin"
 
-Built-in encoders register exactly this way; the core never imports them by name. Names are listed from
-package metadata without importing anything; a plugin is imported only when it is used. A plugin that
-fails to import is reported with a warning naming it (or raises, with MMX_STRICT_PLUGINS=1); two
-packages claiming one name is an error naming both.
+Built-in encoders register exactly this way; the core never imports them by name. The rules:
+- Names are listed from package metadata without importing anything (`available`); a plugin module is
+  imported only when that encoder is used (`get_plugin`), so a broken or heavy plugin costs nothing
+  to a run that does not select it.
+- A plugin that fails to import is an error when it is selected, and a warning naming the plugin, its
+  package and the error when plugins are loaded in bulk (`load_all`, `mmx-encoders`). With
+  MMX_STRICT_PLUGINS=1 (for plugin authors and CI) bulk loading raises instead.
+- Two packages claiming one name is an error naming both, raised when that name is used (other names
+  keep working) and listed by `mmx-encoders`; strict mode raises as soon as the names are listed.
+Plugin configs (for `encoder=<name>`) are found through a second group, `mmxattn.configs`; see
+`mmxattn.hydra_search`.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -46,6 +54,12 @@ class Processor:
     def length(self, raw: Any) -> int:
         return 1
 
+    def describe_context(self, raw: Any, n_positions: int):
+        """Optional, for attention maps (`mmx-attend`): what the `n_positions` context positions of this
+        sample show, as a `mmxattn.context.ContextView` (source pieces, the image and its patch grid, or
+        a spectrogram). The default, None, numbers the positions."""
+        return None
+
 
 class EncoderPlugin:
     """What a plugin provides under its registered name.
@@ -68,99 +82,142 @@ class EncoderPlugin:
 
 @dataclass(frozen=True)
 class PluginInfo:
+    """One registration of an encoder name, as package metadata declares it (nothing imported)."""
+
     name: str
     value: str  # "module:attribute"
     package: str  # distribution that declares it ("<runtime>" for register_plugin)
     version: str
 
+    def describe(self) -> str:
+        return f"{self.value} from package '{self.package}' {self.version}".rstrip()
+
 
 _runtime_plugins: dict[str, EncoderPlugin] = {}
-_loaded: dict[str, EncoderPlugin] = {}
+_loaded: dict[tuple[str, str], EncoderPlugin] = {}  # (name, value) -> plugin object
 
 
-def _strict() -> bool:
-    return os.environ.get(STRICT_ENV, "").lower() in {"1", "true", "yes"}
+def strict() -> bool:
+    """MMX_STRICT_PLUGINS=1: a broken, conflicting or ill-formed plugin is an error, never a warning."""
+    return os.environ.get(STRICT_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def available() -> dict[str, PluginInfo]:
-    """Every registered encoder name, from package metadata and `register_plugin`, importing nothing."""
-    found: dict[str, PluginInfo] = {}
+def _scan() -> tuple[dict[str, PluginInfo], dict[str, list[PluginInfo]]]:
+    """(name -> registration, name -> all registrations for names claimed more than once)."""
+    claims: dict[str, list[PluginInfo]] = {}
+    # entry_points() already keeps one distribution per name (the first on sys.path), so one package
+    # installed twice (a wheel in a venv, an editable copy further down the path) is not a duplicate.
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = ep.dist
         info = PluginInfo(ep.name, ep.value, dist.name if dist else "?", dist.version if dist else "?")
-        other = found.get(ep.name)
-        if other is not None and (other.value, other.package) != (info.value, info.package):
-            raise PluginError(
-                f"two plugins claim the encoder name '{ep.name}': {other.value} from package "
-                f"'{other.package}' and {info.value} from package '{info.package}'. Uninstall one of them "
-                "or rename one entry point."
-            )
-        found[ep.name] = info
-    for name in _runtime_plugins:
-        if name in found:
-            raise PluginError(f"encoder name '{name}' is registered at runtime and by package '{found[name].package}'")
-        found[name] = PluginInfo(name, repr(_runtime_plugins[name]), "<runtime>", "")
+        same = [c for c in claims.get(ep.name, []) if (c.value, c.package) == (info.value, info.package)]
+        if not same:
+            claims.setdefault(ep.name, []).append(info)
+    for name, plugin in _runtime_plugins.items():
+        claims.setdefault(name, []).append(PluginInfo(name, f"{type(plugin).__module__}.{type(plugin).__name__}", "<runtime>", ""))
+    found = {name: infos[0] for name, infos in claims.items()}
+    conflicts = {name: infos for name, infos in claims.items() if len(infos) > 1}
+    return found, conflicts
+
+
+def _conflict_error(name: str, infos: list[PluginInfo]) -> PluginError:
+    claimed = " and ".join(i.describe() for i in sorted(infos, key=lambda i: (i.package, i.value)))
+    return PluginError(
+        f"{len(infos)} plugins claim the encoder name '{name}': {claimed}. Uninstall one of the packages "
+        "(`pip uninstall <package>`) or rename one entry point in its pyproject.toml."
+    )
+
+
+def available() -> dict[str, PluginInfo]:
+    """Every registered encoder name, from package metadata and `register_plugin`, importing nothing.
+
+    A name claimed twice maps to its first registration here; `get_plugin` and `conflicts` report it
+    (and strict mode raises right away).
+    """
+    found, conflicts = _scan()
+    if conflicts and strict():
+        name, infos = next(iter(conflicts.items()))
+        raise _conflict_error(name, infos)
     return found
+
+
+def conflicts() -> dict[str, list[PluginInfo]]:
+    """Names claimed by more than one plugin, with every claim."""
+    return _scan()[1]
 
 
 def register_plugin(name: str, plugin: EncoderPlugin) -> None:
     """Register a plugin object in this process (for notebooks and tests; packages use entry points)."""
-    if name in available():
+    if name in _scan()[0]:
         raise PluginError(f"an encoder named '{name}' is already registered; pick another name")
-    _check_plugin(name, plugin)
+    _check_plugin(name, plugin, "<runtime>")
     _runtime_plugins[name] = plugin
 
 
 def unregister_plugin(name: str) -> None:
     _runtime_plugins.pop(name, None)
-    _loaded.pop(name, None)
 
 
-def _check_plugin(name: str, plugin: Any) -> None:
+def _check_plugin(name: str, plugin: Any, where: str) -> None:
+    if isinstance(plugin, type):
+        raise PluginError(
+            f"encoder plugin '{name}' ({where}) is the class {plugin.__name__}, not an instance of it; "
+            f"register an object, e.g. `plugin = {plugin.__name__}()`, and point the entry point at `plugin`"
+        )
     if not (callable(getattr(plugin, "build_encoder", None)) and callable(getattr(plugin, "build_processor", None))):
         raise PluginError(
-            f"encoder plugin '{name}' is a {type(plugin).__name__}, which lacks build_encoder/build_processor; "
-            "a plugin must be an mmxattn.registry.EncoderPlugin (see README, 'Write an encoder plugin')."
+            f"encoder plugin '{name}' ({where}) is a {type(plugin).__name__}, which lacks build_encoder/"
+            "build_processor; a plugin must be an mmxattn.registry.EncoderPlugin (see docs/writing-a-plugin.md)."
         )
+    kind = getattr(plugin, "input_kind", None)
+    if kind not in ("text", "path"):
+        raise PluginError(f"encoder plugin '{name}' ({where}) has input_kind={kind!r}; it must be 'text' or 'path'")
 
 
 def get_plugin(name: str) -> EncoderPlugin:
     """Import (once) and return the plugin registered under `name`."""
-    if name in _loaded:
-        return _loaded[name]
     if name in _runtime_plugins:
         return _runtime_plugins[name]
-    infos = available()
-    if name not in infos:
+    found, conflicting = _scan()
+    if name in conflicting:
+        raise _conflict_error(name, conflicting[name])
+    if name not in found:
         raise PluginError(
-            f"unknown encoder '{name}'. Available encoders: {', '.join(sorted(infos)) or '(none)'}. "
+            f"unknown encoder '{name}'. Available encoders: {', '.join(sorted(found)) or '(none)'}. "
             "Choose one of them with encoder=<name>, or install the package that provides it "
-            "(`mmx-encoders` lists what is installed)."
+            "(`mmx-encoders` lists what is installed and what failed to load)."
         )
-    info = infos[name]
+    info = found[name]
+    key = (name, info.value)
+    if key in _loaded:
+        return _loaded[key]
     module_name, _, attr = info.value.partition(":")
     try:
-        obj: Any = __import__(module_name, fromlist=["_"])
-        for part in attr.split(".") if attr else []:
+        obj: Any = importlib.import_module(module_name.strip())
+        for part in attr.strip().split(".") if attr else []:
             obj = getattr(obj, part)
     except Exception as e:  # a broken plugin must not take the others down
         raise PluginError(
-            f"encoder plugin '{name}' ({info.value}, package '{info.package}' {info.version}) failed to load: "
-            f"{type(e).__name__}: {e}"
+            f"encoder plugin '{name}' ({info.describe()}) failed to load: {type(e).__name__}: {e}. "
+            f"Fix or reinstall that package, or uninstall it if you do not use '{name}'."
         ) from e
-    _check_plugin(name, obj)
-    _loaded[name] = obj
+    _check_plugin(name, obj, info.describe())
+    _loaded[key] = obj
     return obj
 
 
 def load_all() -> tuple[dict[str, EncoderPlugin], dict[str, str]]:
-    """Load every plugin; broken ones are reported (warning, or error in strict mode), not fatal."""
+    """Load every plugin: (name -> plugin, name -> error message for the ones that failed).
+
+    A broken or conflicting plugin is reported with a warning (naming it, its package and the error)
+    and left out; in strict mode (MMX_STRICT_PLUGINS=1) the first one raises.
+    """
     plugins, failures = {}, {}
-    for name in available():
+    for name in sorted(available()):
         try:
             plugins[name] = get_plugin(name)
         except PluginError as e:
-            if _strict():
+            if strict():
                 raise
             warnings.warn(str(e), RuntimeWarning, stacklevel=2)
             failures[name] = str(e)
@@ -186,4 +243,6 @@ def check_context(name: str, context: Any, batch_size: int) -> Context:
         raise PluginError(f"encoder '{name}' returned {type(context).__name__}; forward must return a Context")
     if context.states.shape[0] != batch_size:
         raise PluginError(f"encoder '{name}' returned {context.states.shape[0]} rows for a batch of {batch_size}")
+    if context.mask.dtype != torch.bool:
+        raise PluginError(f"encoder '{name}' returned a {context.mask.dtype} mask; Context.mask must be bool (True = real)")
     return context
