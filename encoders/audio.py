@@ -1,0 +1,325 @@
+"""Audio encoder plugin: waveform -> log-mel filterbanks -> 4x convolutional subsampler -> Transformer encoder.
+
+The features follow fairseq's speech-to-text recipes, so that its prepared data and statistics fit:
+80 Kaldi-compatible log-mel filterbanks (25 ms windows every 10 ms) of the waveform at int16 scale,
+then utterance (or global) mean/variance normalisation, then SpecAugment in training only. The model is
+fairseq's `s2t_transformer`: two stride-2 Conv1d + GLU layers (4x fewer frames: 30 s = 3000 frames ->
+750 positions) followed by a pre-norm Transformer encoder.
+
+A raw sample is a path. Besides plain audio files (anything libsndfile reads: wav, flac, ogg, mp3), it
+may be one of fairseq's manifest forms: `audio.wav:START:FRAMES` (a slice of a long file, in samples),
+`feats.npy` (precomputed features [T, bins]), or `fbank80.zip:OFFSET:BYTES` (an .npy or audio file stored
+uncompressed inside a zip, as fairseq's prep scripts write them).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.compliance.kaldi as kaldi
+import torchaudio.functional as AF
+import torchaudio.transforms as AT
+from torch import nn
+
+from mmxattn.context import Context, ContextView
+from mmxattn.data.speech import split_fairseq_path
+from mmxattn.errors import ConfigError, DataError
+from mmxattn.layers import TransformerEncoder, sinusoidal_positions
+from mmxattn.registry import EncoderPlugin, Processor
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+FRAME_SHIFT_S, FRAME_LENGTH_S = 0.010, 0.025  # Kaldi fbank defaults, as in fairseq
+NPY_MAGIC = b"\x93NUMPY"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading: path -> waveform or precomputed features
+
+
+def _read_bytes(path: Path, offset: int, size: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read(size)
+    if len(data) != size:
+        raise DataError(f"{path}: asked for {size} bytes at offset {offset} but the file ends first; "
+                        "the manifest does not match this zip (re-run the data preparation)")
+    return data
+
+
+def _decode_audio(source, name: str, start: int = 0, frames: int = -1) -> tuple[np.ndarray, int]:
+    """[samples, channels] float32 and the file's sample rate; `source` is a path or a file-like object."""
+    try:
+        data, rate = sf.read(source, start=start, frames=frames, dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError, OSError, ValueError, EOFError) as e:
+        raise DataError(f"{name}: cannot be read as audio ({type(e).__name__}: {e}); "
+                        "is it a complete wav/flac/ogg/mp3 file?") from e
+    return data, rate
+
+
+def load_source(raw: str) -> tuple[str, torch.Tensor, int | None]:
+    """("waveform", [samples, channels], rate) or ("features", [T, bins], None) for one raw sample."""
+    path, offset, size = split_fairseq_path(str(raw))
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: audio file not found. Check the path (relative paths in a manifest resolve "
+                        "against data.audio_root, else the manifest's folder).")
+    name = str(raw)
+    if path.suffix == ".npy":
+        try:
+            feats = np.load(path)
+        except (OSError, ValueError, EOFError) as e:
+            raise DataError(f"{name}: cannot be read as an .npy feature file ({e})") from e
+        return "features", torch.from_numpy(np.asarray(feats, dtype=np.float32)), None
+    if path.suffix == ".zip":  # fairseq: an entry stored uncompressed at OFFSET, BYTES long
+        if offset is None:
+            raise DataError(f"{name}: a zip needs fairseq's `file.zip:OFFSET:BYTES` form to address one entry")
+        data = _read_bytes(path, offset, size)
+        if data.startswith(NPY_MAGIC):
+            return "features", torch.from_numpy(np.load(io.BytesIO(data)).astype(np.float32)), None
+        wave, rate = _decode_audio(io.BytesIO(data), name)
+        return "waveform", torch.from_numpy(wave), rate
+    # an audio file, or fairseq's slice of one: START and FRAMES in samples
+    wave, rate = _decode_audio(path, name, start=offset or 0, frames=size if size is not None else -1)
+    return "waveform", torch.from_numpy(wave), rate
+
+
+def to_mono(wave: torch.Tensor) -> torch.Tensor:
+    """[samples, channels] -> [samples]: stereo and multichannel audio is averaged down."""
+    return wave.mean(dim=1)
+
+
+def log_mel_fbank(waveform: torch.Tensor, sample_rate: int, num_mel_bins: int) -> torch.Tensor:
+    """[samples] mono float in [-1, 1] -> [frames, num_mel_bins] Kaldi-compatible log-mel filterbanks.
+
+    The waveform is scaled to int16 range first, exactly as fairseq's `_get_kaldi_fbank` does, so that
+    these features match fbank80.zip files and global CMVN statistics prepared by fairseq.
+    """
+    return kaldi.fbank(waveform[None] * 32768.0, num_mel_bins=num_mel_bins, sample_frequency=sample_rate)
+
+
+def fbank_frames(num_samples: int, sample_rate: int) -> int:
+    """How many 25 ms / 10 ms frames Kaldi (snip_edges) computes from num_samples."""
+    window, shift = int(sample_rate * FRAME_LENGTH_S), int(sample_rate * FRAME_SHIFT_S)
+    return 0 if num_samples < window else 1 + (num_samples - window) // shift
+
+
+def utterance_cmvn(feats: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit variance per bin over the utterance's frames (fairseq's UtteranceCMVN)."""
+    centred = feats - feats.mean(dim=0)
+    var = (centred**2).mean(dim=0)  # centred first: E[x²] - E[x]² loses precision in float32
+    return centred / var.clamp_min(1e-10).sqrt()
+
+
+class SpecAugment:
+    """Frequency and time masking (Park et al. 2019) with torchaudio, applied in training only.
+
+    Defaults are fairseq's s2t "LB" policy: one frequency mask of up to 27 bins, one time mask of up to
+    100 frames and at most `time_mask_ratio` of the utterance. Masked values become 0, the mean after CMVN.
+    """
+
+    def __init__(self, *, freq_mask_param: int = 27, freq_masks: int = 1, time_mask_param: int = 100,
+                 time_masks: int = 1, time_mask_ratio: float = 1.0):
+        self.freq = [AT.FrequencyMasking(freq_mask_param) for _ in range(freq_masks)]
+        self.time = [AT.TimeMasking(time_mask_param, p=time_mask_ratio) for _ in range(time_masks)]
+
+    def __call__(self, feats: torch.Tensor) -> torch.Tensor:
+        spec = feats.T[None].clone()  # [1, bins, frames], the layout torchaudio's maskers expect
+        for mask in self.freq + self.time:
+            spec = mask(spec)
+        return spec[0].T.contiguous()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The processor (runs in DataLoader workers)
+
+
+class AudioProcessor(Processor):
+    """path -> normalised features [frames, bins] (float32); collate pads them and builds the mask."""
+
+    def __init__(self, *, sample_rate: int = 16000, num_mel_bins: int = 80, cmvn: str = "utterance",
+                 global_cmvn: str | None = None, specaugment: Mapping[str, Any] | None = None, train: bool = False):
+        if cmvn not in ("utterance", "global", "none"):
+            raise ConfigError(f"encoder.cmvn={cmvn!r}; expected utterance, global or none")
+        self.sample_rate, self.num_mel_bins, self.cmvn = int(sample_rate), int(num_mel_bins), cmvn
+        self.global_stats = self._load_global_cmvn(global_cmvn) if cmvn == "global" else None
+        # SpecAugment only ever exists in a training processor: validation, test and inference never mask.
+        self.specaugment = SpecAugment(**specaugment) if (train and specaugment) else None
+
+    def _load_global_cmvn(self, path: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if not path:
+            raise ConfigError("encoder.cmvn=global needs encoder.global_cmvn=PATH (an .npz with `mean` and `std`, "
+                              "e.g. fairseq's gcmvn.npz); or use encoder.cmvn=utterance")
+        try:
+            stats = np.load(path)
+            mean, std = (torch.as_tensor(stats[k], dtype=torch.float32) for k in ("mean", "std"))
+        except (OSError, KeyError, ValueError) as e:
+            raise ConfigError(f"encoder.global_cmvn={path}: cannot read `mean` and `std` from it ({e})") from e
+        if mean.shape != (self.num_mel_bins,) or std.shape != (self.num_mel_bins,):
+            raise ConfigError(f"encoder.global_cmvn={path}: statistics of shape {tuple(mean.shape)}, but "
+                              f"encoder.num_mel_bins={self.num_mel_bins}")
+        return mean, std.clamp_min(1e-8)
+
+    def features(self, raw: str) -> torch.Tensor:
+        """Raw log-mel filterbanks [frames, bins] before normalisation."""
+        kind, data, rate = load_source(raw)
+        if kind == "features":
+            if data.dim() != 2 or data.shape[1] != self.num_mel_bins:
+                raise DataError(f"{raw}: precomputed features of shape {tuple(data.shape)}; expected "
+                                f"[frames, {self.num_mel_bins}] (encoder.num_mel_bins)")
+            feats = data
+        else:
+            if data.shape[0] == 0:
+                raise DataError(f"{raw}: the audio has no samples (an empty recording); remove it from the data "
+                                "or set data.skip_invalid=true")
+            wave = to_mono(data)  # [samples]
+            if rate != self.sample_rate:
+                wave = AF.resample(wave, rate, self.sample_rate)
+            if wave.shape[0] < int(self.sample_rate * FRAME_LENGTH_S):
+                raise DataError(f"{raw}: only {wave.shape[0]} samples at {self.sample_rate} Hz, shorter than one "
+                                f"{FRAME_LENGTH_S * 1000:.0f} ms analysis window")
+            feats = log_mel_fbank(wave, self.sample_rate, self.num_mel_bins)
+        if feats.shape[0] == 0 or not bool(torch.isfinite(feats).all()):
+            raise DataError(f"{raw}: {'no feature frames' if feats.shape[0] == 0 else 'NaN or infinite features'}")
+        return feats
+
+    def normalize(self, feats: torch.Tensor) -> torch.Tensor:
+        if self.cmvn == "utterance":
+            return utterance_cmvn(feats)
+        if self.cmvn == "global":
+            mean, std = self.global_stats
+            return (feats - mean) / std
+        return feats
+
+    def __call__(self, raw: str) -> torch.Tensor:
+        feats = self.normalize(self.features(raw))
+        if self.specaugment is not None:
+            feats = self.specaugment(feats)
+        return feats  # [frames, bins]
+
+    def length(self, raw: str) -> int:
+        """Feature frames (10 ms each), for bucketing and the `data.max_tokens` budget.
+
+        A manifest's `n_frames` is used when the reader attached it (fairseq's convention: the frame count
+        of the 80-bin features); otherwise the file header is read, which is cheap but touches the disk.
+        """
+        n_frames = getattr(raw, "n_frames", None)
+        if n_frames is not None:
+            return int(n_frames)
+        path, offset, size = split_fairseq_path(str(raw))
+        try:
+            if Path(path).suffix in (".npy", ".zip"):
+                return int(self.features(raw).shape[0])
+            if size is not None:
+                return fbank_frames(math.ceil(size * self.sample_rate / sf.info(path).samplerate), self.sample_rate)
+            info = sf.info(path)
+        except (sf.SoundFileError, RuntimeError, OSError):  # the processor names the problem when it runs
+            return 1
+        return fbank_frames(math.ceil(info.frames * self.sample_rate / info.samplerate), self.sample_rate)
+
+    def describe_context(self, raw: str, n_positions: int) -> ContextView:
+        """The log-mel spectrogram (before normalisation) that the context positions cover evenly in time."""
+        return ContextView(kind="spectrogram", spectrogram=self.features(raw).numpy(), seconds_per_frame=FRAME_SHIFT_S)
+
+    def collate(self, items: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        lengths = torch.tensor([item.shape[0] for item in items])
+        feats = torch.zeros(len(items), int(lengths.max()), items[0].shape[1])  # [B, T, bins]
+        for row, item in enumerate(items):
+            feats[row, : item.shape[0]] = item
+        return {"features": feats, "mask": torch.arange(feats.shape[1])[None] < lengths[:, None]}  # mask [B, T]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The encoder
+
+
+class ConvSubsampler(nn.Module):
+    """fairseq's Conv1dSubsampler: per layer a stride-2 Conv1d then GLU over channels, halving the frames.
+
+    Positions beyond each row's length are zeroed after every layer, so a padded row encodes exactly as it
+    would alone (padding never leaks into real frames through the kernel's reach).
+    """
+
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, kernel_sizes: Sequence[int] = (5, 5)):
+        super().__init__()
+        n = len(kernel_sizes)
+        self.convs = nn.ModuleList(
+            nn.Conv1d(in_channels if i == 0 else mid_channels // 2, mid_channels if i < n - 1 else out_channels * 2,
+                      k, stride=2, padding=k // 2)
+            for i, k in enumerate(kernel_sizes)
+        )
+
+    @staticmethod
+    def _conv_length(conv: nn.Conv1d, lengths: torch.Tensor) -> torch.Tensor:
+        k, p = conv.kernel_size[0], conv.padding[0]
+        return torch.div(lengths + 2 * p - k, 2, rounding_mode="floor") + 1  # floor((L + 2p - k) / 2) + 1
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Frames after subsampling, for input lengths [B]: ceil(L / 2) per layer with the default kernels."""
+        for conv in self.convs:
+            lengths = self._conv_length(conv, lengths)
+        return lengths
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # x [B, T, F], lengths [B] -> [B, T / 2^layers, D], lengths after subsampling
+        x = x.transpose(1, 2)  # [B, F, T]
+        for conv in self.convs:
+            x = nn.functional.glu(conv(x), dim=1)
+            lengths = self._conv_length(conv, lengths)
+            x = x * (torch.arange(x.shape[2], device=x.device) < lengths[:, None])[:, None, :].to(x.dtype)
+        return x.transpose(1, 2), lengths
+
+
+class AudioEncoder(nn.Module):
+    """features [B, T, bins] + mask [B, T] -> Context(states [B, T/4, d_model], mask [B, T/4])."""
+
+    def __init__(self, *, num_mel_bins: int = 80, conv_channels: int = 1024, conv_kernel_sizes: Sequence[int] = (5, 5),
+                 d_model: int = 256, num_layers: int = 12, num_heads: int = 4, ffn_dim: int = 2048,
+                 dropout: float = 0.1):
+        super().__init__()
+        self.output_dim = d_model
+        self.subsample = ConvSubsampler(num_mel_bins, conv_channels, d_model, conv_kernel_sizes)
+        self.scale = math.sqrt(d_model)
+        self.drop = nn.Dropout(dropout)
+        self.encoder = TransformerEncoder(d_model, num_layers, num_heads, ffn_dim, dropout)
+        self.register_buffer("positions", sinusoidal_positions(1024, d_model), persistent=False)
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> Context:
+        feats, mask = batch["features"], batch["mask"]  # [B, T, F], [B, T]
+        feats = feats * mask[..., None].to(feats.dtype)
+        x, lengths = self.subsample(feats, mask.sum(dim=1))  # [B, S, D], [B]
+        length = x.shape[1]
+        if length > self.positions.shape[0]:
+            self.positions = sinusoidal_positions(2 * length, self.output_dim, device=x.device)
+        x = self.drop(x * self.scale + self.positions[:length].to(x.dtype))
+        mask = torch.arange(length, device=x.device)[None] < lengths[:, None]  # [B, S]
+        return Context(self.encoder(x, mask), mask)
+
+
+class AudioPlugin(EncoderPlugin):
+    input_kind = "path"
+    file_extensions = AUDIO_EXTENSIONS
+
+    def build_encoder(self, cfg: Mapping[str, Any], *, tokenizer=None) -> AudioEncoder:
+        return AudioEncoder(
+            num_mel_bins=cfg.get("num_mel_bins", 80), conv_channels=cfg.get("conv_channels", 1024),
+            conv_kernel_sizes=tuple(cfg.get("conv_kernel_sizes", (5, 5))), d_model=cfg.get("d_model", 256),
+            num_layers=cfg.get("num_layers", 12), num_heads=cfg.get("num_heads", 4), ffn_dim=cfg.get("ffn_dim", 2048),
+            dropout=cfg.get("dropout", 0.1),
+        )
+
+    def build_processor(self, cfg: Mapping[str, Any], *, tokenizer=None, train: bool = False) -> AudioProcessor:
+        specaugment = cfg.get("specaugment")
+        return AudioProcessor(
+            sample_rate=cfg.get("sample_rate", 16000), num_mel_bins=cfg.get("num_mel_bins", 80),
+            cmvn=cfg.get("cmvn", "utterance"), global_cmvn=cfg.get("global_cmvn"),
+            specaugment=dict(specaugment) if specaugment else None, train=train,
+        )
+
+
+plugin = AudioPlugin()
