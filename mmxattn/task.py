@@ -1,9 +1,19 @@
-"""The LightningModule: teacher-forced training with label smoothing, validation loss and sacreBLEU."""
+"""The LightningModule: teacher-forced training with label smoothing, validation loss and metrics.
+
+The gradient of one optimizer step is the mean over every target token of the global batch (all ranks,
+all accumulated micro-batches), as in fairseq: each micro-batch returns its summed loss and the gradient
+is divided by the global token count just before the optimizer step. So DDP over N ranks, gradient
+accumulation over N micro-batches and one batch N times larger give the same update, whatever the
+number of tokens in each part. Non-finite steps are skipped on the device (see guards.py).
+"""
 
 from __future__ import annotations
 
 import logging
 import math
+
+from pathlib import Path
+from typing import Callable
 
 import lightning as L
 import torch
@@ -14,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from .data.datamodule import IGNORE
 from .errors import ConfigError
 from .generation import GenerationConfig, generate
+from .guards import NonFiniteGuard
 from .metrics import score_all
 from .model import EncoderDecoder
 from .tokenizer import Tokenizers
@@ -21,19 +32,29 @@ from .tokenizer import Tokenizers
 log = logging.getLogger(__name__)
 
 
-def lr_lambda(warmup: int, total: int, schedule: str, min_ratio: float):
-    """Linear warmup, then cosine / linear decay to min_ratio, or inverse square root."""
+def lr_lambda(warmup: int, total: int | Callable[[], int], schedule: str, min_ratio: float):
+    """Linear warmup, then cosine / linear decay to min_ratio, or inverse square root.
+
+    `total` (optimizer steps of the whole run) may be a function, asked once when the decay starts.
+    """
     if schedule not in ("cosine", "linear", "inverse_sqrt"):
         raise ConfigError(f"optim.schedule={schedule!r}; expected cosine, linear or inverse_sqrt")
     if warmup < 1:
         raise ConfigError(f"optim.warmup_steps={warmup} must be ≥ 1")
+
+    known: list[int] = []
+
+    def total_steps() -> int:
+        if not known:
+            known.append(int(total() if callable(total) else total))
+        return known[0]
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         if schedule == "inverse_sqrt":
             return math.sqrt(warmup / (step + 1))
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        progress = min(1.0, (step - warmup) / max(1, total_steps() - warmup))
         decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
         return min_ratio + (1 - min_ratio) * decay
 
@@ -47,23 +68,114 @@ class Seq2SeqTask(L.LightningModule):
         self.val_generation = GenerationConfig(**cfg.eval.generation)
         self.skipped_samples = 0
         self._val_outputs: list[tuple[int, str]] = []
+        # no weight decay for biases, norms and embeddings; decided here, before DDP/FSDP wrap or flatten them
+        self._no_decay = {name for name, p in model.named_parameters() if p.ndim < 2 or "embed" in name}
+        guard = cfg.get("guard") or {}
+        self.guard = NonFiniteGuard(
+            max_in_row=int(guard.get("max_nonfinite_in_row", 10)), check_every=int(guard.get("check_every_n_steps", 20)),
+            describe=self._describe_train_samples,
+        )
+        self._loss_unit = float(cfg.data.max_tokens)  # keeps the returned (summed) loss near the size of a mean
+        self._reset_window()
+        self._trace = None
 
-    def _loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _reset_window(self) -> None:
+        """Sums over the micro-batches of the current optimizer step (on the device, no host sync)."""
+        self._window_tokens: torch.Tensor | None = None
+        self._window_bad_loss: torch.Tensor | None = None
+        self._window_indices: list[torch.Tensor] = []
+
+    def _loss(self, batch, reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(batch["inputs"], batch["target_in"])  # [B, T, V]
         loss = F.cross_entropy(
             logits.flatten(0, 1).float(), batch["target_out"].flatten(), ignore_index=IGNORE,
-            label_smoothing=self.cfg.loss.label_smoothing,
+            label_smoothing=self.cfg.loss.label_smoothing, reduction=reduction,
         )
         return loss, (batch["target_out"] != IGNORE).sum()
 
     def training_step(self, batch, batch_idx):
         self.skipped_samples += batch["skipped"]
         if "target_in" not in batch:  # every sample of this batch was skipped as invalid
-            return None
-        loss, ntokens = self._loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=int(batch["target_in"].shape[0]))
+            # Every DDP rank must run a backward pass each step: a zero loss that reaches every weight.
+            zero = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
+            self._accumulate(zero.new_zeros((), dtype=torch.long), torch.ones((), dtype=torch.bool, device=zero.device))
+            return zero
+        loss_sum, ntokens = self._loss(batch, reduction="sum")
+        self._accumulate(ntokens, torch.isfinite(loss_sum.detach()), batch["index"])
+        mean = loss_sum.detach() / ntokens.clamp(min=1)
+        self.log("train/loss", mean, prog_bar=True, batch_size=int(batch["target_in"].shape[0]))
         self.log("train/tokens", ntokens.float(), reduce_fx="sum", batch_size=1)
-        return loss
+        if self.cfg.get("trace_data"):
+            self._write_trace(batch_idx, loss_sum, ntokens, batch["index"])
+        return loss_sum / self._loss_unit
+
+    def _accumulate(self, ntokens: torch.Tensor, finite: torch.Tensor, indices: torch.Tensor | None = None) -> None:
+        self._window_tokens = ntokens if self._window_tokens is None else self._window_tokens + ntokens
+        bad = ~finite
+        self._window_bad_loss = bad if self._window_bad_loss is None else self._window_bad_loss | bad
+        if indices is not None:
+            self._window_indices.append(indices)
+
+    def on_before_optimizer_step(self, optimizer):
+        """Normalize the gradient by the global token count; flag (and skip) a non-finite step; no host sync."""
+        if self._window_tokens is None:  # nothing was accumulated (cannot happen in automatic optimization)
+            return
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grad_bad = ~torch.isfinite(torch.nn.utils.get_total_norm(grads)) if grads else self._window_bad_loss
+        stats = torch.stack([self._window_tokens.float(), self._window_bad_loss.float(), grad_bad.float()])
+        world = self.trainer.world_size
+        if world > 1 and dist.is_available() and dist.is_initialized():
+            dist.all_reduce(stats)  # global token count; a step is bad everywhere if it is bad anywhere
+        tokens, bad = stats[0], stats[1:].sum() > 0
+        # The returned losses were sums / loss_unit; Lightning divided them by accumulate_grad_batches and
+        # DDP/FSDP averaged over ranks: undo both and divide by the global number of target tokens.
+        scale = world * self.trainer.accumulate_grad_batches * self._loss_unit / tokens.clamp(min=1)
+        if grads:
+            torch._foreach_mul_(grads, scale.to(grads[0].dtype))
+        if getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            # fused AdamW skips the whole update on the device when found_inf is 1 (what a GradScaler uses);
+            # with fp16 the GradScaler sets found_inf itself (a non-finite loss gives non-finite gradients)
+            optimizer.found_inf = (bad | (tokens == 0)).float()
+        self.guard.record(self.global_step, self.current_epoch, self.trainer.fit_loop.epoch_loop.batch_idx, bad,
+                          self._window_indices)
+        self._reset_window()
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and isinstance(self.trainer.strategy, FSDPStrategy):
+            # gradients are sharded: only the root FSDP module can compute the global norm
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.guard.total:
+            self.log("train/skipped_steps", float(self.guard.total), batch_size=1)
+
+    def on_train_end(self):
+        self.guard.check()
+        if self.guard.total:
+            log.warning("%d optimizer steps were skipped for a non-finite loss or gradient", self.guard.total)
+
+    def _describe_train_samples(self, indices: list[int]) -> str:
+        try:
+            samples = self.trainer.datamodule.splits["train"].samples
+        except (AttributeError, KeyError, RuntimeError):
+            return f"sample indices {indices[:8]}"
+        shown = ", ".join(samples[i].where for i in indices[:8])
+        return f"samples {shown}{' ...' if len(indices) > 8 else ''}"
+
+    def _write_trace(self, batch_idx: int, loss_sum: torch.Tensor, ntokens: torch.Tensor, indices: torch.Tensor) -> None:
+        """trace_data=true: one line per micro-batch and rank, to audit sharding and resume (syncs the host)."""
+        if self._trace is None:
+            path = Path(self.cfg.output_dir) / "trace" / f"rank{self.global_rank}.tsv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._trace = path.open("a", buffering=1, encoding="utf-8")
+        ids = ",".join(str(i) for i in indices.tolist())
+        self._trace.write(
+            f"{self.global_step}\t{self.current_epoch}\t{batch_idx}\t{loss_sum.item()!r}\t{int(ntokens)}\t{ids}\n"
+        )
 
     def validation_step(self, batch, batch_idx):
         if "target_in" not in batch:
@@ -112,18 +224,39 @@ class Seq2SeqTask(L.LightningModule):
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
             if p.requires_grad:
-                (no_decay if p.ndim < 2 or "embed" in name else decay).append(p)
+                for wrapper in ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod."):
+                    name = name.replace(wrapper, "")
+                (no_decay if name in self._no_decay else decay).append(p)
+        # fused: one kernel for all parameters, and it can skip a non-finite step on the device (found_inf)
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps,
+            lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, fused=True,
         )
-        total = self.trainer.estimated_stepping_batches
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda(opt.warmup_steps, int(total), opt.schedule, opt.min_lr_ratio)
-        )
+        # Asked lazily: estimating it here would make Lightning build the training loader before it restores
+        # a checkpoint, and the loader would then start the epoch from its first batch instead of resuming.
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
+            opt.warmup_steps, lambda: self.trainer.estimated_stepping_batches, opt.schedule, opt.min_lr_ratio
+        ))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint):
         # Plain containers only, so that the checkpoint loads with torch.load(weights_only=True).
         checkpoint["mmx_tokenizers"] = self.tokenizers.to_state()
         checkpoint["mmx_config"] = OmegaConf.to_container(self.cfg, resolve=True)
+        checkpoint["mmx_guard"] = self.guard.state_dict()
+        # dropout draws from the global torch RNG: restoring it makes a resumed run repeat the same masks
+        checkpoint["mmx_rng"] = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            checkpoint["mmx_rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
+
+    def on_load_checkpoint(self, checkpoint):
+        if "mmx_guard" in checkpoint:
+            self.guard.load_state_dict(checkpoint["mmx_guard"])
+        self._rng_to_restore = checkpoint.get("mmx_rng")
+
+    def on_train_start(self):
+        rng, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
+        if rng:  # here rather than at load time: nothing else draws from the RNG before the first step now
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and self.device.type == "cuda":
+                torch.cuda.set_rng_state(rng["cuda"], self.device)

@@ -2,20 +2,32 @@
 
 Order: data (generate if synthetic) -> tokenizers -> model -> Lightning fit -> export best weights ->
 score the test split with the final decoding settings.
+
+Several processes: with `trainer=ddp` on one machine, Lightning starts ranks 1.. by running the same
+command line again. Under Hydra that command line may be a whole sweep (`-m`), so instead rank 0 hands
+its resolved config to them in the environment (`MMX_RANK_CONFIG`) and `mmx-train` runs exactly that job
+in the same output folder (`rank_config_from_env`). Under SLURM or torchrun every rank is started by the
+cluster with the same job config, and nothing is re-launched.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 from pathlib import Path
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import AtomicCheckpointIO, export_model
+from .checkpoint import AtomicCheckpointIO, LastCheckpoint, export_model
 from .data.datamodule import SYNTHETIC, Seq2SeqDataModule
 from .errors import ConfigError
 from .evaluate import score_split
@@ -25,14 +37,82 @@ from .task import Seq2SeqTask
 
 log = logging.getLogger(__name__)
 
+RANK_CONFIG_ENV = "MMX_RANK_CONFIG"
+# what Lightning's launcher writes into rank 0's environment; left there, the next job of a sweep would
+# think its processes were started externally and wait forever for ranks that never come
+_LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", RANK_CONFIG_ENV)
+
+
+def rank_config_from_env() -> DictConfig | None:
+    """The job config rank 0 handed down, when this process is a rank that Lightning launched (LOCAL_RANK ≥ 1)."""
+    text = os.environ.get(RANK_CONFIG_ENV)
+    if not text or os.environ.get("LOCAL_RANK", "0") == "0":
+        return None
+    return OmegaConf.create(text)
+
+
+@contextlib.contextmanager
+def _launch_environment(cfg: DictConfig):
+    """Hand the resolved job config to launched ranks; restore rank 0's environment afterwards."""
+    saved = {key: os.environ.get(key) for key in _LAUNCH_ENV}
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        os.environ[RANK_CONFIG_ENV] = OmegaConf.to_yaml(cfg, resolve=True)
+    try:
+        yield
+    finally:
+        if saved["LOCAL_RANK"] is None and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()  # this process launched the ranks: the next job of a sweep starts anew
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def build_strategy(trainer_cfg: dict):
+    """`trainer.strategy` is a Lightning name ("ddp") or a `_target_` mapping (an FSDPStrategy with options)."""
+    strategy = trainer_cfg.get("strategy", "auto")
+    if isinstance(strategy, dict) and "_target_" in strategy:
+        from hydra.utils import instantiate
+
+        return instantiate(strategy, _convert_="object")
+    return strategy
+
+
+def build_callbacks(cfg: DictConfig) -> list:
+    """Extra Lightning callbacks from `callbacks: {name: {_target_: ..., arg: value}}` (e.g. EarlyStopping)."""
+    specs = cfg.get("callbacks") or {}
+    if not specs:
+        return []
+    from hydra.utils import instantiate
+
+    return [instantiate(spec) for spec in specs.values() if spec]
+
+
+def _write_synthetic(cfg: DictConfig) -> None:
+    """Generate quickstart data once: ranks started together (SLURM) wait for the one that writes it."""
+    if cfg.data.synthetic not in SYNTHETIC:
+        raise ConfigError(f"data.synthetic={cfg.data.synthetic!r}; expected one of {', '.join(SYNTHETIC)}")
+    root = Path(cfg.data.root)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".write.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        SYNTHETIC[cfg.data.synthetic](cfg.data.root, seed=cfg.seed)
+
 
 def resolve_resume(cfg: DictConfig, output_dir: Path) -> str | None:
     """`ckpt_path=last` resumes this run folder's last.ckpt, else the newest run of the same recipe name.
 
     Unlike Lightning's own "last", it never starts fresh silently when there is nothing to resume.
+    `ckpt_path=auto` resumes this run folder's last.ckpt when there is one and starts fresh otherwise: for
+    jobs that a cluster requeues into the same folder after preemption or a time limit.
     """
     if cfg.ckpt_path in (None, ""):
         return None
+    if cfg.ckpt_path == "auto":
+        own = output_dir / "checkpoints" / "last.ckpt"
+        log.info("ckpt_path=auto: %s", f"resuming from {own}" if own.is_file() else "no last.ckpt yet, starting fresh")
+        return str(own) if own.is_file() else None
     if cfg.ckpt_path != "last":
         if not Path(cfg.ckpt_path).is_file():
             raise ConfigError(f"ckpt_path={cfg.ckpt_path}: file not found; give an existing .ckpt or `last`")
@@ -54,9 +134,8 @@ def train(cfg: DictConfig) -> dict:
     output_dir = Path(cfg.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     if cfg.data.get("synthetic"):
-        if cfg.data.synthetic not in SYNTHETIC:
-            raise ConfigError(f"data.synthetic={cfg.data.synthetic!r}; expected one of {', '.join(SYNTHETIC)}")
-        SYNTHETIC[cfg.data.synthetic](cfg.data.root, seed=cfg.seed)
+        _write_synthetic(cfg)
+    ckpt_path = resolve_resume(cfg, output_dir)
 
     datamodule = Seq2SeqDataModule(cfg)
     datamodule.prepare(("train", "valid"))
@@ -66,30 +145,47 @@ def train(cfg: DictConfig) -> dict:
     log.info("model: %.2fM parameters; data: %d train / %d valid samples; vocab %d",
              n_params / 1e6, len(datamodule.splits["train"]), len(datamodule.splits["valid"]), len(datamodule.tokenizers.target))
 
-    checkpointing = ModelCheckpoint(
-        dirpath=output_dir / "checkpoints", filename="best", monitor=cfg.checkpoint.monitor,
-        mode=cfg.checkpoint.mode, save_top_k=1, save_last=True,
+    ckpt = cfg.checkpoint
+    keep_best = int(ckpt.get("keep_best", 1))
+    checkpointing = ModelCheckpoint(  # best.ckpt (or the best keep_best as best-step*.ckpt) by the monitor
+        dirpath=output_dir / "checkpoints", filename="best" if keep_best == 1 else "best-step{step:07d}",
+        monitor=ckpt.monitor, mode=ckpt.mode, save_top_k=keep_best, save_last=False,
+        auto_insert_metric_name=False, enable_version_counter=False,
     )
+    last = LastCheckpoint(output_dir / "checkpoints", ckpt.get("every_n_steps", 0), ckpt.get("keep_last", 0))
+    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_args["strategy"] = build_strategy(trainer_args)
     trainer = L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        **trainer_args,
         default_root_dir=output_dir,
-        callbacks=[checkpointing, TQDMProgressBar(refresh_rate=cfg.progress_refresh)],
+        callbacks=[*build_callbacks(cfg), checkpointing, last, TQDMProgressBar(refresh_rate=cfg.progress_refresh)],
         logger=CSVLogger(output_dir, name="", version=""),
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # the token-budget sampler shards by rank itself
         enable_model_summary=False,
     )
-    trainer.fit(task, datamodule=datamodule, ckpt_path=resolve_resume(cfg, output_dir))
+    shared = OmegaConf.merge(cfg, {"ckpt_path": ckpt_path, "output_dir": str(output_dir.absolute())})
+    with _launch_environment(shared):
+        try:
+            trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+        except SIGTERMException:
+            log.warning("stopped by SIGTERM at step %d; continue with: mmx-train ... ckpt_path=last hydra.run.dir=%s",
+                        trainer.global_step, output_dir)
+            raise
 
     results: dict = {"output_dir": str(output_dir)}
     if not trainer.is_global_zero:
         return results
-    if checkpointing.best_model_path:
-        best = torch.load(checkpointing.best_model_path, map_location="cpu", weights_only=True)
-        task.load_state_dict(best["state_dict"])
+    val_scores, best = getattr(task, "last_scores", {}), checkpointing.best_model_path
+    if isinstance(trainer.strategy, FSDPStrategy):  # the trained modules are sharded: rebuild from the full .ckpt
+        model = build_model(cfg, datamodule.tokenizers).to(trainer.strategy.root_device)
+        task = Seq2SeqTask(model, datamodule.tokenizers, cfg)
+        best = best or str(last.last_path)
+    if best:
+        task.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
     export_model(output_dir / "model.pt", model, datamodule.tokenizers, cfg)
     datamodule.tokenizers.target.save(output_dir / "tokenizer.model")
-    for name, score in getattr(task, "last_scores", {}).items():
+    for name, score in val_scores.items():
         results[f"val_{name}"] = score.value
 
     if cfg.data.get("test"):

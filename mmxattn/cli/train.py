@@ -6,8 +6,8 @@ import hydra
 from omegaconf import DictConfig
 
 from .. import hydra_search
-from ..train import train
-from .common import user_errors_exit
+from ..train import rank_config_from_env, train
+from .common import setup_logging, user_errors_exit
 
 # Installed plugins' configs (entry points `mmxattn.configs`) join Hydra's search path before it composes.
 hydra_search.register()
@@ -21,6 +21,11 @@ def _app(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    relaunched = rank_config_from_env()
+    if relaunched is not None:  # a DDP rank that Lightning started: run rank 0's job, not the command line
+        setup_logging()
+        user_errors_exit(train)(relaunched)
+        return
     _app()
 
 

@@ -11,6 +11,7 @@ import math
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..errors import DataError
@@ -49,6 +50,11 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         self._cache: tuple[int, list[list[int]]] | None = None
         if len(self.sizes) < num_replicas:
             raise DataError(f"{len(self.sizes)} samples cannot be shared by {num_replicas} processes")
+
+    @property
+    def sampler(self) -> "TokenBudgetBatchSampler":
+        """Lightning calls `batch_sampler.sampler.set_epoch(epoch)` at each epoch start: that is this object."""
+        return self
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
@@ -114,6 +120,9 @@ class ResumableDataLoader(DataLoader):
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
+        # its own generator for worker seeds: starting an epoch then draws nothing from the global torch RNG,
+        # which a resumed run restores (dropout masks) and which must not depend on where iteration started
+        kwargs.setdefault("generator", torch.Generator().manual_seed(torch.initial_seed()))
         super().__init__(*args, **kwargs)
         self._epoch = 0
         self._consumed = 0

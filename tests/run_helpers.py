@@ -1,0 +1,39 @@
+"""What the distributed, resume and checkpoint tests share: a clean environment for a child `mmx-train`,
+one thread per process, and reading the `trace_data` files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+_LAUNCH = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_PORT", "MASTER_ADDR", "MMX_RANK_CONFIG")
+
+
+def cli_env() -> dict[str, str]:
+    """This process's environment for a child `mmx-train`: no DDP launch variables, one thread, the repo
+    root importable (for tests.fault_injection callbacks)."""
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}")
+    return env
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: on a small shared machine two threads per process are much slower, not faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def read_trace(path: Path) -> list[tuple[int, int, int, float, list[int]]]:
+    """(step, epoch, batch, summed loss, sample indices) per micro-batch, from a trace_data=true file."""
+    rows = []
+    for line in path.read_text().splitlines():
+        step, epoch, batch, loss, _tokens, ids = line.split("\t")
+        rows.append((int(step), int(epoch), int(batch), float(loss), [int(i) for i in ids.split(",")]))
+    return rows
