@@ -30,7 +30,7 @@ from PIL import Image
 from timm.data import create_transform, resolve_data_config
 from torch import nn
 
-from mmxattn.context import Context
+from mmxattn.context import Context, ContextView, patch_grid
 from mmxattn.errors import ConfigError, DataError
 from mmxattn.registry import EncoderPlugin, Processor
 
@@ -375,6 +375,21 @@ class ImageProcessor(Processor):
 
     def length(self, raw: str | Path) -> int:
         return self.num_tokens  # every image gives the same number of context tokens
+
+    def describe_context(self, raw: str | Path, n_positions: int) -> ContextView:
+        """The image as the model saw it (resized, cropped; normalisation undone) and the feature grid
+        its context positions tile."""
+        pixels = self(raw)  # [3, H, W], normalised
+        normalize = next((t for t in reversed(getattr(self.transform, "transforms", []))
+                          if hasattr(t, "mean") and hasattr(t, "std")), None)
+        if normalize is not None:
+            pixels = pixels * torch.as_tensor(normalize.std)[:, None, None] + torch.as_tensor(normalize.mean)[:, None, None]
+        image = (pixels.clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()  # [H, W, 3]
+        found = patch_grid(n_positions, image.shape[0], image.shape[1])
+        if found is None:
+            return ContextView(kind="image", image=image)
+        grid, prefix = found
+        return ContextView(kind="image", image=image, grid=grid, prefix=prefix)
 
     def collate(self, items: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         images = torch.stack(list(items))  # [B, 3, H, W]

@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from mmxattn.context import Context
+from mmxattn.context import Context, ContextView
 from mmxattn.errors import ConfigError
 from mmxattn.layers import TransformerEncoder, sinusoidal_positions
 from mmxattn.registry import EncoderPlugin, Processor
@@ -45,6 +45,10 @@ class TextProcessor(Processor):
 
     def length(self, raw: str) -> int:
         return len(self(raw))
+
+    def describe_context(self, raw: str, n_positions: int) -> ContextView:
+        """The source pieces (EOS included), one per context position."""
+        return ContextView(kind="tokens", labels=self.tokenizer.pieces(self(raw)))
 
     def collate(self, items: Sequence[list[int]]) -> dict[str, torch.Tensor]:
         width = max(len(ids) for ids in items)
