@@ -141,13 +141,20 @@ class Seq2SeqTask(L.LightningModule):
         self._reset_window()
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clip here rather than through Lightning's precision plugin, which refuses fused optimizers under
+        mixed precision (they could unscale inside step(); Lightning has unscaled the gradients already)."""
         from lightning.pytorch.strategies import FSDPStrategy
 
-        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and isinstance(self.trainer.strategy, FSDPStrategy):
+        if not gradient_clip_val:
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        elif isinstance(self.trainer.strategy, FSDPStrategy):
             # gradients are sharded: only the root FSDP module can compute the global norm
             self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
-            return
-        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         if self.guard.total:

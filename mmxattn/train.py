@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import AtomicCheckpointIO, LastCheckpoint, export_model
@@ -100,6 +101,17 @@ def _write_synthetic(cfg: DictConfig) -> None:
         SYNTHETIC[cfg.data.synthetic](cfg.data.root, seed=cfg.seed)
 
 
+def _keep_metrics_history(output_dir: Path) -> None:
+    """Lightning's CSVLogger deletes an existing metrics.csv; a resumed run keeps it as metrics.part<N>.csv."""
+    metrics = output_dir / "metrics.csv"
+    if metrics.is_file() and rank_zero_only.rank == 0:
+        part = 1
+        while (output_dir / f"metrics.part{part}.csv").exists():
+            part += 1
+        metrics.rename(output_dir / f"metrics.part{part}.csv")
+        log.info("resuming: the metrics so far are in %s", output_dir / f"metrics.part{part}.csv")
+
+
 def resolve_resume(cfg: DictConfig, output_dir: Path) -> str | None:
     """`ckpt_path=last` resumes this run folder's last.ckpt, else the newest run of the same recipe name.
 
@@ -136,6 +148,8 @@ def train(cfg: DictConfig) -> dict:
     if cfg.data.get("synthetic"):
         _write_synthetic(cfg)
     ckpt_path = resolve_resume(cfg, output_dir)
+    if ckpt_path:
+        _keep_metrics_history(output_dir)
 
     datamodule = Seq2SeqDataModule(cfg)
     datamodule.prepare(("train", "valid"))
