@@ -280,11 +280,13 @@ class AudioEncoder(nn.Module):
 
     def __init__(self, *, num_mel_bins: int = 80, conv_channels: int = 1024, conv_kernel_sizes: Sequence[int] = (5, 5),
                  d_model: int = 256, num_layers: int = 12, num_heads: int = 4, ffn_dim: int = 2048,
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, scale_input: bool = True):
         super().__init__()
         self.output_dim = d_model
         self.subsample = ConvSubsampler(num_mel_bins, conv_channels, d_model, conv_kernel_sizes)
-        self.scale = math.sqrt(d_model)
+        # fairseq multiplies the subsampler output by sqrt(d_model) before adding positions
+        # (--no-scale-embedding turns that off, which makes the positions relatively stronger)
+        self.scale = math.sqrt(d_model) if scale_input else 1.0
         self.drop = nn.Dropout(dropout)
         self.encoder = TransformerEncoder(d_model, num_layers, num_heads, ffn_dim, dropout)
         self.register_buffer("positions", sinusoidal_positions(1024, d_model), persistent=False)
@@ -310,7 +312,7 @@ class AudioPlugin(EncoderPlugin):
             num_mel_bins=cfg.get("num_mel_bins", 80), conv_channels=cfg.get("conv_channels", 1024),
             conv_kernel_sizes=tuple(cfg.get("conv_kernel_sizes", (5, 5))), d_model=cfg.get("d_model", 256),
             num_layers=cfg.get("num_layers", 12), num_heads=cfg.get("num_heads", 4), ffn_dim=cfg.get("ffn_dim", 2048),
-            dropout=cfg.get("dropout", 0.1),
+            dropout=cfg.get("dropout", 0.1), scale_input=cfg.get("scale_input", True),
         )
 
     def build_processor(self, cfg: Mapping[str, Any], *, tokenizer=None, train: bool = False) -> AudioProcessor:
