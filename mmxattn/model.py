@@ -2,7 +2,13 @@
 
 One or more named encoder plugins turn their inputs into contexts; each context is bridged to the
 decoder width and, with several sources, tagged with a learned source embedding; the contexts are
-concatenated along S (their masks with them) and read by the decoder's cross-attention.
+concatenated along S (their masks with them) and read by the decoder's cross-attention: one joint
+cross-attention (`fusion.mode=concat`) or one gated cross-attention per source (`gated`, see fusion.py).
+
+Inputs are {source name: that encoder's collated batch}. A source may be missing:
+- for the whole batch: leave its name out of the inputs;
+- for some samples: its batch holds only the samples that have it, plus `present` [B] bool saying which
+  rows of the full batch they are (the Collater writes this when a sample lacks a source).
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ from . import registry
 from .context import Bridge, Context
 from .decoder import TransformerDecoder
 from .errors import ConfigError
+from .fusion import FUSION_MODES, GatedFusionDecoder, SourcesContext, null_context_for_empty_rows
+
+PRESENT = "present"  # reserved key of a source's batch: [B] bool, which rows have this source
 
 
 class EncoderDecoder(nn.Module):
@@ -30,19 +39,53 @@ class EncoderDecoder(nn.Module):
         self.source_embed = nn.Parameter(torch.zeros(len(encoders), decoder.d_model)) if len(encoders) > 1 else None
         self.decoder = decoder
 
+    def _batch_size(self, inputs: Mapping[str, Mapping[str, torch.Tensor]]) -> int:
+        sizes = {name: len(batch[PRESENT]) if PRESENT in batch else len(batch["mask"])
+                 for name, batch in inputs.items() if name in self.encoders}
+        if not sizes:
+            raise ConfigError(f"no input for any source of this model ({', '.join(self.encoders)}); got {sorted(inputs)}")
+        if len(set(sizes.values())) > 1:
+            raise ConfigError(f"the sources' batches have different sizes {sizes}; each needs one row per sample "
+                              f"(`{PRESENT}` [B] marks the rows of a source that some samples lack)")
+        return next(iter(sizes.values()))
+
+    def _encode_source(self, name: str, batch: Mapping[str, torch.Tensor] | None, batch_size: int) -> Context:
+        """One source's bridged context [B, S, D]; rows lacking the source are all padding."""
+        present = None if batch is None else batch.get(PRESENT)
+        if batch is not None and present is None:
+            context = registry.check_context(name, self.encoders[name](batch), batch_size)
+            return self.bridges[name](context)
+        rows = None if present is None else present.nonzero().squeeze(1)  # [b] rows that have this source
+        if rows is None or rows.numel() == 0:  # no sample of this batch has the source: no positions
+            weight = self.decoder.embed.weight
+            return Context(weight.new_zeros(batch_size, 0, self.decoder.d_model),
+                           torch.zeros(batch_size, 0, dtype=torch.bool, device=weight.device))
+        features = {key: value for key, value in batch.items() if key != PRESENT}
+        context = self.bridges[name](registry.check_context(name, self.encoders[name](features), rows.numel()))
+        states = context.states.new_zeros(batch_size, *context.states.shape[1:]).index_copy(0, rows, context.states)
+        mask = context.mask.new_zeros(batch_size, context.mask.shape[1]).index_copy(0, rows, context.mask)
+        return Context(states, mask)  # [B, S, D], [B, S]
+
     def encode(self, inputs: Mapping[str, Mapping[str, torch.Tensor]]) -> Context:
         """inputs: {source name: that encoder's collated batch} -> one Context [B, ΣS, D]."""
-        contexts = []
-        for i, (name, encoder) in enumerate(self.encoders.items()):
-            batch = inputs[name]
-            ctx = registry.check_context(name, encoder(batch), len(batch["mask"]))
-            ctx = self.bridges[name](ctx)
+        batch_size = self._batch_size(inputs)
+        contexts, spans, start = [], [], 0
+        for i, name in enumerate(self.encoders):
+            ctx = self._encode_source(name, inputs.get(name), batch_size)
             if self.source_embed is not None:
                 ctx = Context(ctx.states + self.source_embed[i], ctx.mask)
             contexts.append(ctx)
-        if len(contexts) == 1:
-            return contexts[0]
-        return Context(torch.cat([c.states for c in contexts], 1), torch.cat([c.mask for c in contexts], 1))
+            spans.append((name, start, start + ctx.states.shape[1]))
+            start += ctx.states.shape[1]
+        if len(contexts) == 1 and inputs.get(spans[0][0], {}).get(PRESENT) is None:
+            return contexts[0]  # one encoder, every sample has it: the plain single-source path
+        states, mask = torch.cat([c.states for c in contexts], 1), torch.cat([c.mask for c in contexts], 1)
+        if not isinstance(self.decoder, GatedFusionDecoder):
+            # one joint softmax: a sample without any source would attend over nothing (NaN)
+            states, mask = null_context_for_empty_rows(states, mask)
+            if states.shape[1] != start:  # no source at all in this batch: the null position stands alone
+                spans.append(("null", start, states.shape[1]))
+        return SourcesContext(states, mask, tuple(spans))
 
     def forward(self, inputs, target_in: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits [B, T, V] for BOS-prefixed targets [B, T]."""
@@ -50,7 +93,7 @@ class EncoderDecoder(nn.Module):
 
 
 def build_model(cfg, tokenizers) -> EncoderDecoder:
-    """From the `encoder` (or `encoders`: {source: encoder cfg}) and `decoder` config sections."""
+    """From the `encoder` (or `encoders`: {source: encoder cfg}), `decoder` and `fusion` config sections."""
     encoders = {
         source: registry.build_encoder(enc_cfg["name"], enc_cfg, tokenizer=tokenizers)
         for source, enc_cfg in encoder_configs(cfg).items()
@@ -61,18 +104,35 @@ def build_model(cfg, tokenizers) -> EncoderDecoder:
             f"decoder.d_model={dec['d_model']} is not divisible by decoder.num_heads={dec['num_heads']}; "
             "change one of them (each head gets d_model / num_heads dimensions)"
         )
-    decoder = TransformerDecoder(
+    options = dict(
         vocab_size=len(tokenizers.target), d_model=dec["d_model"], num_layers=dec["num_layers"],
         num_heads=dec["num_heads"], ffn_dim=dec["ffn_dim"], dropout=dec["dropout"],
         attn_dropout=dec.get("attn_dropout", 0.0), tie_embeddings=dec["tie_embeddings"],
     )
+    fusion = cfg.get("fusion") or {}
+    mode = fusion.get("mode", "concat")
+    if mode not in FUSION_MODES:
+        raise ConfigError(f"fusion.mode={mode!r}; expected one of {', '.join(FUSION_MODES)}")
+    if mode == "gated":
+        decoder = GatedFusionDecoder(sources=list(encoders), gate_init=float(fusion.get("gate_init", 0.0)), **options)
+    else:
+        decoder = TransformerDecoder(**options)
     return EncoderDecoder(encoders, decoder)
 
 
 def encoder_configs(cfg) -> dict:
-    """{source name: encoder config}; a single `encoder` reads the source called `src`."""
+    """{source name: encoder config}; a single `encoder` reads the source called `src`.
+
+    With `encoders`, a source set to null is left out (e.g. `encoders.image=null` trains without it).
+    """
     if cfg.get("encoders"):
-        return dict(cfg["encoders"])
+        configs = {source: c for source, c in dict(cfg["encoders"]).items() if c is not None}
+        if not configs:
+            raise ConfigError("every source under `encoders` is null; keep at least one")
+        for source, c in configs.items():
+            if not hasattr(c, "get") or not c.get("name"):
+                raise ConfigError(f"encoders.{source} needs a `name` (an encoder; `mmx-encoders` lists them)")
+        return configs
     if not cfg.get("encoder") or not cfg["encoder"].get("name"):
         raise ConfigError("config key `encoder.name` is missing: select an encoder with encoder=<name>")
     return {"src": cfg["encoder"]}

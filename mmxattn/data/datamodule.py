@@ -17,14 +17,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import registry
 from ..errors import ConfigError, DataError
-from ..model import encoder_configs
+from ..model import PRESENT, encoder_configs
 from ..tokenizer import BOS, EOS, PAD, Tokenizers
 from .batching import ResumableDataLoader, TokenBudgetBatchSampler
 from .captions import read_coco_captions, read_karpathy
+from .multisource import read_multisource_tsv
 from .parallel_text import read_parallel_text
 from .samples import Sample, SkipReport
 from .speech import read_speech_tsv
 from .synthetic_captions import write_captions
+from .synthetic_multimodal import write_multimodal_corpus
 from .synthetic_speech import write_speech_corpus
 from .synthetic_translation import write_corpus
 
@@ -32,11 +34,12 @@ log = logging.getLogger(__name__)
 
 # data.format -> reader(data_cfg, split, skipped) -> list[Sample]
 READERS: dict[str, Callable[..., list[Sample]]] = {"parallel_text": read_parallel_text, "speech_tsv": read_speech_tsv,
-                                                   "coco": read_coco_captions, "karpathy": read_karpathy}
+                                                   "coco": read_coco_captions, "karpathy": read_karpathy,
+                                                   "multisource_tsv": read_multisource_tsv}
 
 # data.synthetic -> writer(root, seed=...): quickstart data that mmxattn generates on the user's machine
 SYNTHETIC: dict[str, Callable[..., Any]] = {"translation": write_corpus, "speech": write_speech_corpus,
-                                           "captions": write_captions}
+                                           "captions": write_captions, "multimodal": write_multimodal_corpus}
 
 IGNORE = -100  # label id that the loss ignores (padding)
 
@@ -54,8 +57,9 @@ class Seq2SeqDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         sample = self.samples[index]
-        try:
-            sources = {name: proc(sample.sources[name]) for name, proc in self.processors.items()}
+        try:  # a source the sample lacks (absent or None) is left out; the Collater marks it
+            sources = {name: proc(sample.sources[name]) for name, proc in self.processors.items()
+                       if sample.sources.get(name) is not None}
         except DataError as e:
             if self.skip_invalid:  # counted by the collater, reported by the training task
                 log.warning("skipping %s: %s", sample.where, e)
@@ -83,11 +87,21 @@ class Collater:
             target_in[row, 0], target_in[row, 1 : len(ids) + 1] = BOS, ids
             target_out[row, : len(ids)], target_out[row, len(ids)] = ids, EOS
         batch.update(
-            inputs={name: proc.collate([item["sources"][name] for item in good]) for name, proc in self.processors.items()},
+            inputs={name: self._collate_source(name, proc, good) for name, proc in self.processors.items()},
             target_in=target_in,  # [B, T] BOS y1 .. yn PAD..
             target_out=target_out,  # [B, T] y1 .. yn EOS IGNORE..
             index=torch.tensor([item["index"] for item in good]),
         )
+        return batch
+
+    @staticmethod
+    def _collate_source(name: str, proc: registry.Processor, items: list[dict]) -> dict[str, torch.Tensor]:
+        """The processor's batch of the samples that have this source, plus `present` [B] if some lack it."""
+        present = [name in item["sources"] for item in items]
+        if all(present):
+            return proc.collate([item["sources"][name] for item in items])
+        batch = proc.collate([item["sources"][name] for item in items if name in item["sources"]]) if any(present) else {}
+        batch[PRESENT] = torch.tensor(present, dtype=torch.bool)  # model.encode puts the rows back in place
         return batch
 
 
@@ -115,7 +129,8 @@ class Seq2SeqDataModule(L.LightningDataModule):
                 raise ConfigError("tokenizers are built from the training split: prepare it first")
             train = samples["train"]
             text_sources = [s for s, c in encoder_configs(self.cfg).items() if registry.get_plugin(c["name"]).input_kind == "text"]
-            source_texts = [smp.sources[s] for smp in train for s in text_sources] if text_sources else None
+            source_texts = [smp.sources[s] for smp in train for s in text_sources
+                            if smp.sources.get(s) is not None] if text_sources else None
             self.tokenizers = Tokenizers.build(self.cfg.tokenizer, source_texts, [smp.target for smp in train])
         for split, split_samples in samples.items():
             self.splits[split] = self._dataset(split_samples, train=(split == "train"))
@@ -133,8 +148,18 @@ class Seq2SeqDataModule(L.LightningDataModule):
         max_len = self.data_cfg.max_len
         kept, targets, sizes = [], [], []
         for sample in samples:
+            present = [n for n in processors if sample.sources.get(n) is not None]
+            if not present:
+                if not self.data_cfg.skip_invalid:
+                    raise DataError(
+                        f"{sample.where}: has none of the sources this model reads ({', '.join(processors)}); it has "
+                        f"{', '.join(sorted(sample.sources)) or 'none'}. Check the source names under `encoders`, or "
+                        "set data.skip_invalid=true to drop such samples (the number is reported)."
+                    )
+                self.skipped.add("no source", sample.where)
+                continue
             target = self.tokenizers.target.encode(sample.target)
-            size = max([len(target) + 1] + [proc.length(sample.sources[n]) for n, proc in processors.items()])
+            size = max([len(target) + 1] + [processors[n].length(sample.sources[n]) for n in present])
             if size > max_len:
                 if not self.data_cfg.skip_invalid:
                     raise DataError(
