@@ -113,9 +113,13 @@ def register() -> None:
     Plugins.instance().register(PluginConfigSearchPath)
 
 
-def find_encoder_config(name: str) -> str | None:
-    """Where `encoder=<name>` is read from ("pkg://<package>/encoder/<name>.yaml"), or None if nowhere."""
-    for module in [BUILTIN_CONFIG_PACKAGE] + [c.module for c in config_packages()[0]]:
+def find_encoder_config(name: str, packages: list[ConfigPackage] | None = None) -> str | None:
+    """Where `encoder=<name>` is read from ("pkg://<package>/encoder/<name>.yaml"), or None if nowhere.
+
+    packages: the usable config packages, if the caller has them (else they are looked up).
+    """
+    usable = config_packages()[0] if packages is None else packages
+    for module in [BUILTIN_CONFIG_PACKAGE] + [c.module for c in usable]:
         try:
             if (resources.files(module) / "encoder" / f"{name}.yaml").is_file():
                 return f"pkg://{module}/encoder/{name}.yaml"

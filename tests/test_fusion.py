@@ -12,7 +12,7 @@ from torch import nn
 
 from mmxattn.checkpoint import load_for_inference
 from mmxattn.data.datamodule import Seq2SeqDataModule
-from mmxattn.data.synthetic_multimodal import AMBIGUOUS, make_sample, write_multimodal_corpus
+from mmxattn.data.synthetic_multimodal import AMBIGUOUS, make_sample, meaning_accuracy, write_multimodal_corpus
 from mmxattn.decoder import TransformerDecoder
 from mmxattn.errors import ConfigError, DataError
 from mmxattn.fusion import GatedFusionDecoder, SourcesContext
@@ -191,6 +191,12 @@ def test_the_generated_task_needs_both_sources():
         translations.setdefault(word, set()).add(glyph)
     assert all(len(stems) == 1 for stems in meaning_of_glyph.values()) and len(meaning_of_glyph) == 12
     assert all(len(glyphs) == 2 for glyphs in translations.values())  # the word alone leaves two meanings
+
+
+def test_meaning_accuracy_checks_the_ambiguous_noun_only():
+    targets = ["Lo nokto veko du mizui vidas.", "Du bastonai lo flumo vidan.", "Una grua la pela trovas."]
+    hyps = ["Lo nokto veko vidas.", "Du noktoi lo flumo vidan.", "Una grua lo levilo trovas."]
+    assert meaning_accuracy(targets, hyps) == pytest.approx(100 / 3)  # right, wrong meaning, both meanings
 
 
 def test_multisource_tsv_marks_missing_sources_and_rejects_samples_without_any(mm_corpus, tmp_path):

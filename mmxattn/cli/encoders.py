@@ -53,7 +53,7 @@ def collect(load: bool = True) -> dict:
             kind = plugin.input_kind + (f" ({' '.join(plugin.file_extensions)})" if plugin.file_extensions else "")
         encoders.append({
             "name": name, "package": info.package, "version": info.version, "entry_point": info.value,
-            "config": hydra_search.find_encoder_config(name), "input": kind,
+            "config": hydra_search.find_encoder_config(name, config_pkgs), "input": kind,
         })
     failed = [
         {"name": name, "package": infos[name].package if name in infos else "?",

@@ -125,6 +125,31 @@ def draw_glyph(rng: random.Random, glyph: str, size: int = IMAGE_SIZE) -> Image.
     return image
 
 
+def meaning_accuracy(targets: list[str], hypotheses: list[str]) -> float:
+    """% of samples whose hypothesis translates the ambiguous noun with the meaning the picture shows.
+
+    Correct: the hypothesis has the reference's word for that noun (singular or plural) and not the
+    other meaning's word. A text-only model that guesses scores about 50.
+    """
+    alternatives = {}
+    for _, meanings in AMBIGUOUS.values():
+        (_, first, _, _), (_, second, _, _) = meanings
+        alternatives[first], alternatives[second] = second, first
+    if len(targets) != len(hypotheses):
+        raise ValueError(f"{len(hypotheses)} hypotheses for {len(targets)} references")
+
+    def words(text: str) -> set[str]:
+        return {w.strip(".,").lower() for w in text.split()}
+
+    correct = 0
+    for target, hypothesis in zip(targets, hypotheses):
+        target_words, hyp_words = words(target), words(hypothesis)
+        stem = next(s for s in alternatives if s in target_words or s + "i" in target_words)
+        other = alternatives[stem]
+        correct += bool(hyp_words & {stem, stem + "i"}) and not hyp_words & {other, other + "i"}
+    return 100.0 * correct / max(1, len(targets))
+
+
 def write_multimodal_corpus(root: str | Path, *, train: int = 8000, valid: int = 300, test: int = 300,
                             seed: int = 1234) -> Path:
     """Writes pictures and `{split}.tsv` under root (once: an existing complete set is kept)."""
@@ -151,3 +176,14 @@ def write_multimodal_corpus(root: str | Path, *, train: int = 8000, valid: int =
         (root / f"{split}.tsv").write_text("".join(rows), encoding="utf-8")
     stamp.write_text(recipe)  # written last: a crash midway regenerates everything
     return root
+
+
+if __name__ == "__main__":
+    # python -m mmxattn.data.synthetic_multimodal DATA_ROOT/test.tsv RUN/test.hyp
+    import sys
+
+    tsv, hyp = sys.argv[1:3]
+    header, *rows = [line.split("\t") for line in Path(tsv).read_text(encoding="utf-8").splitlines() if line.strip()]
+    targets = [row[header.index("tgt")] for row in rows]
+    hyps = Path(hyp).read_text(encoding="utf-8").splitlines()
+    print(f"meaning accuracy: {meaning_accuracy(targets, hyps):.1f}% of {len(hyps)} samples")
