@@ -1,8 +1,8 @@
 """fairseq speech-to-text TSV manifests: `{root}/{split}.tsv`, one utterance per row.
 
-    id    audio              n_frames  tgt_text                 [src_text  speaker ...]
-    utt1  clips/utt1.wav     512       Das ist ein Beispiel.
-    utt2  fbank80.zip:41:3  1024      ...
+    id    audio                    n_frames  tgt_text                 [src_text  speaker ...]
+    utt1  clips/utt1.wav           512       Das ist ein Beispiel.
+    utt2  fbank80.zip:4139:164608  1024      Noch eins.
 
 The header names the columns (any order; extra ones are ignored). `audio` is a path, absolute or relative
 to `data.audio_root` (default: the manifest's folder), optionally in fairseq's `file:OFFSET:LENGTH` form
