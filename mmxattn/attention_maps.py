@@ -2,9 +2,9 @@
 
     from mmxattn.attention_maps import AttentionMapper
     mapper = AttentionMapper.from_checkpoint("outputs/translation-quickstart/<run>")
-    (amap,) = mapper(["Two small dogs chase the red ball."])
+    (amap,) = mapper(["Two small dogs chase the red ball near a river."])
     amap.weights            # [layers, heads, target tokens, context positions], each row sums to 1
-    print(amap.table())     # "Du → Two 81%, </s> 9%, small 4%" ... one line per target token
+    print(amap.table())     # one line per target token, e.g. "karo → dogs 99%, m 0%, wo 0%"
 
 How: decode as usual (greedy or beam search, `mmxattn.generation.generate`, which never computes
 weights), then run the chosen output once more, teacher-forced, through `decoder(..., need_weights=True)`.
@@ -157,7 +157,7 @@ class AttentionMap:
         return [[(labels[int(i)], float(v)) for v, i in zip(row_v, row_i)] for row_v, row_i in zip(values, index)]
 
     def table(self, k: int = 3, layer: int | str = "mean", head: int | str = "mean") -> str:
-        """One line per target token: 'la → the 80%, cat 15%, sat 5%' (percent, rounded)."""
+        """One line per target token, its top k positions in percent (rounded): 'pela → ball 99%, dogs 0%'."""
         return "\n".join(
             f"{target} → " + ", ".join(f"{label} {100 * weight:.0f}%" for label, weight in row)
             for target, row in zip(self.target_labels, self.top(k, layer, head))
