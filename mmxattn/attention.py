@@ -18,37 +18,66 @@ from torch import nn
 
 
 class KVCache:
-    """Self-attention keys/values of the positions decoded so far, in a buffer that grows by doubling.
+    """Self-attention keys/values of the positions decoded so far, in preallocated buffers.
 
-    Writing into a preallocated buffer avoids re-copying the whole history at every step (`torch.cat`).
+    Layout [N, capacity, H, Dh]: one row's keys for all heads are contiguous, so appending a step and
+    reordering rows (beam search) move large contiguous blocks; `keys()` hands attention the
+    [N, H, t, Dh] view it needs without a copy. Reordering writes into a second buffer kept for the
+    purpose (double buffering) instead of allocating a fresh one per step: on CPU a fresh multi-megabyte
+    buffer costs page faults that took longer than the copy itself. Only the filled part is copied.
     """
 
     def __init__(self, capacity: int = 64):
         self.capacity = capacity
         self.length = 0
-        self.k: torch.Tensor | None = None  # [N, H, capacity, Dh]
-        self.v: torch.Tensor | None = None
+        self.rows = 0
+        self._k: torch.Tensor | None = None  # [rows_allocated, capacity, H, Dh]
+        self._v: torch.Tensor | None = None
+        self._spare: tuple[torch.Tensor, torch.Tensor] | None = None  # the reorder target, same shape
+
+    @property
+    def k(self) -> torch.Tensor | None:
+        """Keys so far, [N, H, length, Dh] (a view)."""
+        return None if self._k is None else self._k[: self.rows, : self.length].transpose(1, 2)
+
+    @property
+    def v(self) -> torch.Tensor | None:
+        return None if self._v is None else self._v[: self.rows, : self.length].transpose(1, 2)
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add keys/values k, v [N, H, t, Dh] (any strides); returns all of them so far, [N, H, length, Dh]."""
         n, h, t, dh = k.shape
         end = self.length + t
-        if self.k is None or end > self.k.shape[2]:
-            capacity = max(self.capacity, end, 2 * (self.k.shape[2] if self.k is not None else 0))
-            new_k, new_v = k.new_empty(n, h, capacity, dh), v.new_empty(n, h, capacity, dh)
-            if self.k is not None:
-                new_k[:, :, : self.length] = self.k[:, :, : self.length]
-                new_v[:, :, : self.length] = self.v[:, :, : self.length]
-            self.k, self.v = new_k, new_v
-        self.k[:, :, self.length : end] = k
-        self.v[:, :, self.length : end] = v
+        if self._k is None or end > self._k.shape[1] or n != self.rows:
+            self._grow(n, h, dh, end, k)
+        self._k[:n, self.length : end] = k.transpose(1, 2)
+        self._v[:n, self.length : end] = v.transpose(1, 2)
         self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
+        return self.k, self.v
+
+    def _grow(self, n: int, h: int, dh: int, end: int, like: torch.Tensor) -> None:
+        if self._k is not None and self.length and n != self.rows:
+            raise ValueError(f"KVCache holds {self.rows} rows but was given {n}; reorder rows with index_select")
+        old = self._k.shape[1] if self._k is not None else 0
+        capacity = max(self.capacity, end, 2 * old)
+        new_k, new_v = like.new_empty(n, capacity, h, dh), like.new_empty(n, capacity, h, dh)
+        if self.length:
+            new_k[:, : self.length] = self._k[:n, : self.length]
+            new_v[:, : self.length] = self._v[:n, : self.length]
+        self._k, self._v, self._spare, self.rows = new_k, new_v, None, n
 
     def index_select(self, index: torch.Tensor) -> None:
-        """Keep rows `index` (beam reordering, or dropping finished rows)."""
-        if self.k is not None:
-            self.k = self.k.index_select(0, index)
-            self.v = self.v.index_select(0, index)
+        """Keep rows `index` (beam reordering, or dropping finished rows); len(index) ≤ current rows."""
+        if self._k is None:
+            return
+        n = index.shape[0]
+        if self._spare is None:
+            self._spare = (torch.empty_like(self._k), torch.empty_like(self._v))
+        spare_k, spare_v = self._spare
+        torch.index_select(self._k[: self.rows, : self.length], 0, index, out=spare_k[:n, : self.length])
+        torch.index_select(self._v[: self.rows, : self.length], 0, index, out=spare_v[:n, : self.length])
+        self._spare = (self._k, self._v)
+        self._k, self._v, self.rows = spare_k, spare_v, n
 
 
 def attention_weights(q, k, v, attn_mask=None, causal=False):

@@ -124,7 +124,8 @@ def beam_search(decoder: TransformerDecoder, context: Context, cfg: GenerationCo
     """Batched beam search (fairseq-style): a source is done once it has `beam_size` finished hypotheses."""
     b, k = context.states.shape[0], cfg.beam_size
     device = context.states.device
-    state = decoder.start(context, capacity=min(cfg.max_len, 64))  # K/V per source, shared by its beams
+    # K/V per source, shared by its beams
+    state = decoder.start(context, capacity=min(cfg.max_len, 64), rows=b * k)
     finished: list[list[Hypothesis]] = [[] for _ in range(b)]
     n_finished = torch.zeros(b, dtype=torch.long, device=device)
     active = torch.arange(b, device=device)  # original source of each live source

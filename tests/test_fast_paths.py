@@ -1,0 +1,151 @@
+"""The optimised decoding path must give exactly what a straightforward one gives.
+
+The reference decoders below take no shortcuts: every step re-runs the full teacher-forced forward pass
+over the whole prefix (no key/value cache), every beam gets its own copy of the context (no sharing),
+each source is decoded on its own (no batching, no dropping of finished rows), in plain Python.
+"""
+
+import pytest
+import torch
+
+from mmxattn import fast_linear
+from mmxattn.attention import KVCache
+from mmxattn.context import Context
+from mmxattn.decoder import TransformerDecoder
+from mmxattn.generation import GenerationConfig, generate
+from mmxattn.tokenizer import BOS, EOS, PAD
+
+VOCAB = 48
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from a second thread, and on a busy machine thread hand-offs dominate."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(params=["packed", "plain"])
+def decoder_and_context(request, monkeypatch):
+    """A tiny decoder; "packed" makes its weights take the layouts that the big models' weights take."""
+    if request.param == "packed":
+        monkeypatch.setattr(fast_linear, "PACKING_MIN_WEIGHTS", 0)
+    torch.manual_seed(0)
+    decoder = TransformerDecoder(vocab_size=VOCAB, d_model=32, num_layers=2, num_heads=4, ffn_dim=64, dropout=0.0)
+    with torch.no_grad():  # make EOS likely enough that hypotheses end at different steps
+        decoder.embed.weight[EOS] *= 1.7
+    mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3, [True] * 2 + [False] * 5, [True] * 6 + [False]] * 2)
+    return decoder.eval(), Context(torch.randn(8, 7, 32), mask)
+
+
+def constrained_logp(decoder, prefix: list[int], context: Context, step: int, cfg: GenerationConfig):
+    """log p(next | prefix) for each row of a [rows, t] prefix batch, with generation's length rules."""
+    with torch.no_grad():
+        logits = decoder(torch.tensor(prefix), context)[0][:, -1]  # full forward over the prefix
+    logp = logits.log_softmax(-1)
+    logp[:, [PAD, BOS]] = float("-inf")
+    if step < cfg.min_len:
+        logp[:, EOS] = float("-inf")
+    if step == cfg.max_len - 1:
+        keep = logp[:, EOS].clone()
+        logp[:] = float("-inf")
+        logp[:, EOS] = keep
+    return logp
+
+
+def reference_greedy(decoder, context: Context, cfg: GenerationConfig) -> list[list[int]]:
+    out = []
+    for i in range(context.states.shape[0]):
+        source = Context(context.states[i : i + 1], context.mask[i : i + 1])
+        tokens = []
+        for step in range(cfg.max_len):
+            token = int(constrained_logp(decoder, [[BOS] + tokens], source, step, cfg)[0].argmax())
+            if token == EOS:
+                break
+            tokens.append(token)
+        out.append(tokens)
+    return out
+
+
+def reference_beam(decoder, context: Context, cfg: GenerationConfig) -> list[list[tuple[list[int], float]]]:
+    """Per-source beam search with the same rules as `generate` (fairseq-style finishing), no shortcuts."""
+    k, results = cfg.beam_size, []
+    for i in range(context.states.shape[0]):
+        beams, finished = [([], 0.0)], []
+        for step in range(cfg.max_len):
+            copies = Context(context.states[i : i + 1].repeat(len(beams), 1, 1), context.mask[i : i + 1].repeat(len(beams), 1))
+            logp = constrained_logp(decoder, [[BOS] + b for b, _ in beams], copies, step, cfg)
+            cand = (torch.tensor([s for _, s in beams])[:, None] + logp).flatten()
+            scores, index = cand.topk(2 * k)
+            next_beams = []
+            for rank, (score, flat) in enumerate(zip(scores.tolist(), index.tolist())):
+                parent, token = divmod(flat, VOCAB)
+                if token == EOS:
+                    if rank < k and score > float("-inf") and len(finished) < k:
+                        finished.append((beams[parent][0], score / (step + 1) ** cfg.length_penalty))
+                elif len(next_beams) < k:
+                    next_beams.append((beams[parent][0] + [token], score))
+            if len(finished) >= k:
+                break
+            beams = next_beams
+        results.append(sorted(finished, key=lambda h: h[1], reverse=True)[: cfg.nbest])
+    return results
+
+
+def test_fast_greedy_equals_reference(decoder_and_context):
+    decoder, context = decoder_and_context
+    cfg = GenerationConfig(strategy="greedy", max_len=14)
+    expected = reference_greedy(decoder, context, cfg)
+    assert len({len(t) for t in expected}) > 1, "rows should finish at different steps to exercise row dropping"
+    assert [h[0].tokens for h in generate(decoder, context, cfg)] == expected
+    for i in (0, 2):  # one row: the single-row weight layout
+        alone = Context(context.states[i : i + 1], context.mask[i : i + 1])
+        assert generate(decoder, alone, cfg)[0][0].tokens == expected[i]
+
+
+@pytest.mark.parametrize("min_len", [0, 5])
+def test_fast_beam_equals_reference(decoder_and_context, min_len):
+    decoder, context = decoder_and_context
+    cfg = GenerationConfig(strategy="beam", beam_size=4, nbest=3, max_len=12, min_len=min_len, length_penalty=1.0)
+    expected = reference_beam(decoder, context, cfg)
+    assert len({len(hyps[0][0]) for hyps in expected}) > 1, "sources should finish at different steps"
+    got = generate(decoder, context, cfg)
+    assert [[h.tokens for h in hyps] for hyps in got] == [[t for t, _ in hyps] for hyps in expected]
+    for hyps, ref in zip(got, expected):
+        assert [h.score for h in hyps] == pytest.approx([s for _, s in ref], abs=1e-4)
+
+
+def test_forced_length_decodes_exactly_max_len(decoder_and_context):
+    """min_len = max_len - 1 (the benchmarks' setting) makes every hypothesis exactly max_len - 1 tokens."""
+    decoder, context = decoder_and_context
+    for strategy in ("greedy", "beam"):
+        out = generate(decoder, context, GenerationConfig(strategy=strategy, beam_size=3, max_len=9, min_len=8))
+        assert all(len(hyps[0].tokens) == 8 for hyps in out)
+
+
+def test_step_with_weights_gives_the_same_logits(decoder_and_context):
+    decoder, context = decoder_and_context
+    tokens = torch.randint(4, VOCAB, (8, 5))
+    plain, with_weights = decoder.start(context), decoder.start(context)
+    with torch.no_grad():
+        for t in range(5):
+            a, _ = decoder.step(tokens[:, t : t + 1], plain)
+            b, weights = decoder.step(tokens[:, t : t + 1], with_weights, need_weights=True)
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert len(weights) == 2 and weights[0].shape == (8, 4, 1, 7)
+
+
+def test_kv_cache_reorder_and_drop_rows_keep_the_right_history():
+    """Beam reordering and dropping rows go through the spare buffer; growth keeps what was written."""
+    cache = KVCache(capacity=2)
+    history = torch.randn(5, 3, 7, 4)  # [N, H, t, Dh]
+    rows = torch.arange(5)
+    for t in range(7):
+        index = torch.randperm(len(rows))[: len(rows) - (t == 3)]  # a permutation; one row dropped at t=3
+        cache.index_select(index)
+        rows = rows[index]
+        k, v = cache.append(history[rows, :, t : t + 1], -history[rows, :, t : t + 1])
+        torch.testing.assert_close(k, history[rows, :, : t + 1], rtol=0, atol=0)
+        torch.testing.assert_close(v, -history[rows, :, : t + 1], rtol=0, atol=0)
