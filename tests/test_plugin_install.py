@@ -54,7 +54,9 @@ def run(cmd: list, cwd: Path, env: dict, timeout: int = 240) -> str:
 
 def clean_env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    env.update(HF_HUB_OFFLINE="1", MMX_STRICT_PLUGINS="1", PYTHONDONTWRITEBYTECODE="1", **extra)
+    # one thread: tiny models gain nothing from more, and on a busy machine OpenMP threads fighting for
+    # the cores make each step many times slower
+    env.update(HF_HUB_OFFLINE="1", MMX_STRICT_PLUGINS="1", PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="1", **extra)
     return env
 
 
