@@ -91,7 +91,7 @@ def _probe(model_name: str, kwargs_json: str, overrides_json: str) -> tuple[dict
     """
     kwargs, overrides = json.loads(kwargs_json), json.loads(overrides_json)
     with torch.device("meta"):
-        model = _create(model_name, kwargs)
+        model = _create(model_name, kwargs).eval()  # eval: BatchNorm accepts a 1×1 map of one image
     # timm's pretrained config keeps the default input size when img_size is overridden (a ViT built
     # with img_size=384 would otherwise be fed 224-pixel images), so follow the model's own img_size.
     args = {}

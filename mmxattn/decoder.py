@@ -122,8 +122,6 @@ class TransformerDecoder(nn.Module):
 
         Returns (logits [N, T, V], per-layer cross-attention weights [N, H, T, S] if need_weights).
         """
-        if self.training:
-            self._cached_plan = None  # weights are about to change: free the decode-time copies
         x, mask = self._embed(tokens, 0), self._mask(context.mask)
         all_weights = []
         for layer in self.layers:
@@ -144,6 +142,11 @@ class TransformerDecoder(nn.Module):
         ]
         plan = self._plan(single_row=(rows or context.states.shape[0]) == 1) if fast else None
         return DecoderState([KVCache(capacity) for _ in self.layers], cross_kv, self._mask(context.mask), plan=plan)
+
+    def train(self, mode: bool = True) -> "TransformerDecoder":
+        if mode:
+            self._cached_plan = None  # training is about to change the weights: free the decode-time copies
+        return super().train(mode)
 
     def _weights_key(self) -> tuple:
         return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())

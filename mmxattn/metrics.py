@@ -78,10 +78,15 @@ def word_error_rate(hypotheses: list[str], references: list[list[str]]) -> Score
 METRICS: dict[str, Callable[[list[str], list[list[str]]], Score]] = {"bleu": corpus_bleu, "wer": word_error_rate, "cider": corpus_cider_d}
 
 
-def score_all(names, hypotheses: list[str], references: list[list[str]]) -> dict[str, Score]:
+def check_metric_names(names) -> None:
+    """eval.metrics must name registered scorers: checked when training starts, not after the first epoch."""
     from .errors import ConfigError
 
     unknown = [n for n in names if n not in METRICS]
     if unknown:
         raise ConfigError(f"eval.metrics: unknown {unknown}; available: {', '.join(METRICS)}")
+
+
+def score_all(names, hypotheses: list[str], references: list[list[str]]) -> dict[str, Score]:
+    check_metric_names(names)
     return {name: METRICS[name](hypotheses, references) for name in names}

@@ -25,7 +25,7 @@ from .data.datamodule import IGNORE
 from .errors import ConfigError
 from .generation import GenerationConfig, generate
 from .guards import NonFiniteGuard
-from .metrics import score_all
+from .metrics import check_metric_names, score_all
 from .model import EncoderDecoder
 from .tokenizer import Tokenizers
 
@@ -66,6 +66,7 @@ class Seq2SeqTask(L.LightningModule):
         super().__init__()
         self.model, self.tokenizers, self.cfg = model, tokenizers, cfg
         self.val_generation = GenerationConfig(**cfg.eval.generation)
+        check_metric_names(cfg.eval.metrics)
         self.skipped_samples = 0
         self._val_outputs: list[tuple[int, str]] = []
         # no weight decay for biases, norms and embeddings; decided here, before DDP/FSDP wrap or flatten them

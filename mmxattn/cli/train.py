@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
@@ -20,12 +23,36 @@ def _app(cfg: DictConfig) -> float | None:
     return results.get(f"val_{cfg.eval.metrics[0]}") if cfg.eval.metrics else None  # what a sweeper optimises
 
 
+def available_recipes() -> list[str]:
+    """Recipe names from mmxattn's configs and every installed plugin's config package."""
+    from importlib import resources
+
+    modules = [hydra_search.BUILTIN_CONFIG_PACKAGE] + [c.module for c in hydra_search.config_packages()[0]]
+    names = set()
+    for module in modules:
+        root = Path(str(resources.files(module) / "recipe"))
+        names.update(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+    return sorted(names)
+
+
+def check_recipe_argument(argv: list[str]) -> None:
+    """Hydra cannot list the options of a nested group; name the recipes ourselves when one is unknown."""
+    wanted = [a.split("=", 1)[1] for a in argv if a.startswith("recipe=")]
+    if not wanted or "," in wanted[-1]:  # sweeps (recipe=a,b) are left to Hydra
+        return
+    known = available_recipes()
+    if wanted[-1] not in known:
+        print(f"error: unknown recipe '{wanted[-1]}'. Available recipes: {', '.join(known)}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main() -> None:
     relaunched = rank_config_from_env()
     if relaunched is not None:  # a DDP rank that Lightning started: run rank 0's job, not the command line
         setup_logging()
         user_errors_exit(train)(relaunched)
         return
+    check_recipe_argument(sys.argv[1:])
     _app()
 
 
