@@ -60,8 +60,7 @@ def normalize_for_wer(text: str) -> list[str]:
 def word_error_rate(hypotheses: list[str], references: list[list[str]]) -> Score:
     """Corpus WER in percent: total word edits / total reference words, after `normalize_for_wer`.
 
-    Lower is better (a recipe that lists wer first in eval.metrics sets checkpoint.mode=min). With several
-    references per source, the first one is used.
+    Lower is better (see LOWER_IS_BETTER). With several references per source, the first one is used.
     """
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference lists")
@@ -74,8 +73,19 @@ def word_error_rate(hypotheses: list[str], references: list[list[str]]) -> Score
 
 
 # eval.metrics names -> scorer(hypotheses, references) -> Score. The first listed is the one that
-# picks the best checkpoint (checkpoint.monitor = val/<name>).
+# picks the best checkpoint (see checkpoint_target).
 METRICS: dict[str, Callable[[list[str], list[list[str]]], Score]] = {"bleu": corpus_bleu, "wer": word_error_rate, "cider": corpus_cider_d}
+LOWER_IS_BETTER = {"wer"}
+
+
+def checkpoint_target(metrics, monitor: str | None = None, mode: str | None = None) -> tuple[str, str]:
+    """(monitor, mode) that picks the best checkpoint; by default the first eval metric, else val/loss.
+
+    The mode follows the monitored quantity when not given: loss and wer are minimised, bleu and cider maximised.
+    """
+    monitor = monitor or (f"val/{metrics[0]}" if metrics else "val/loss")
+    name = monitor.rsplit("/", 1)[-1]
+    return monitor, mode or ("min" if name == "loss" or name in LOWER_IS_BETTER else "max")
 
 
 def check_metric_names(names) -> None:

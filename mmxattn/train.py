@@ -33,6 +33,7 @@ from .data.datamodule import SYNTHETIC, Seq2SeqDataModule
 from .errors import ConfigError
 from .evaluate import score_split
 from .generation import GenerationConfig
+from .metrics import checkpoint_target
 from .model import build_model
 from .task import Seq2SeqTask
 
@@ -101,6 +102,12 @@ def _write_synthetic(cfg: DictConfig) -> None:
         SYNTHETIC[cfg.data.synthetic](cfg.data.root, seed=cfg.seed)
 
 
+def _resolve_checkpoint_target(cfg: DictConfig) -> None:
+    """Fill checkpoint.monitor/mode left null, before the config is saved with checkpoints (mmx-average reads them)."""
+    ckpt = cfg.checkpoint
+    ckpt.monitor, ckpt.mode = checkpoint_target(cfg.eval.metrics, ckpt.monitor, ckpt.mode)
+
+
 def _keep_metrics_history(output_dir: Path) -> None:
     """Lightning's CSVLogger deletes an existing metrics.csv; a resumed run keeps it as metrics.part<N>.csv."""
     metrics = output_dir / "metrics.csv"
@@ -147,6 +154,7 @@ def train(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     if cfg.data.get("synthetic"):
         _write_synthetic(cfg)
+    _resolve_checkpoint_target(cfg)
     ckpt_path = resolve_resume(cfg, output_dir)
     if ckpt_path:
         _keep_metrics_history(output_dir)

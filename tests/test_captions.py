@@ -16,6 +16,7 @@ from mmxattn.data.captions import read_coco_captions, read_karpathy
 from mmxattn.data.samples import SkipReport
 from mmxattn.data.synthetic_captions import make_scene, write_captions
 from mmxattn.errors import ConfigError, DataError
+from mmxattn.metrics import checkpoint_target
 from mmxattn.train import train
 
 from .conftest import compose_config
@@ -234,7 +235,7 @@ def test_coco_recipe_composes_and_trains_on_a_tiny_karpathy_set(tmp_path):
         output_dir=tmp_path / "run",
     )
     assert cfg.data.format == "karpathy" and list(cfg.data.train) == ["train", "restval"]
-    assert cfg.eval.metrics[0] == "cider" and cfg.checkpoint.monitor == "val/cider"
+    assert checkpoint_target(cfg.eval.metrics) == ("val/cider", "max")
     results = train(cfg)
     assert "val_cider" in results and (tmp_path / "run" / "model.pt").is_file()
 

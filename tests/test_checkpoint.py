@@ -61,7 +61,7 @@ def run(tmp_path_factory, one_thread):
     corpus = write_corpus(root / "corpus", train=60, valid=8, test=4, seed=9)
     overrides = [
         *TINY, f"data.root={corpus}", "data.synthetic=null", "data.max_sentences=15", "data.max_tokens=100000",
-        "trainer.max_epochs=2", "eval.metrics=[]", "checkpoint.monitor=val/loss", "checkpoint.mode=min",
+        "trainer.max_epochs=2", "eval.metrics=[]",
         "data.test=null", "checkpoint.every_n_steps=2", "checkpoint.keep_last=3", "checkpoint.keep_best=2",
     ]
     train(compose_config(overrides, output_dir=root / "run"))

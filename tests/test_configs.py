@@ -8,6 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import mmxattn.conf
+from mmxattn.metrics import checkpoint_target
 from mmxattn.model import build_model
 from mmxattn.tokenizer import Tokenizer, Tokenizers
 
@@ -62,3 +63,14 @@ def test_recipes_open_with_the_command_that_runs_them():
     for recipe in RECIPES:
         text = (CONF / "recipe" / f"{recipe}.yaml").read_text()
         assert f"mmx-train recipe={recipe}" in text, f"{recipe}.yaml must say how to run it"
+
+
+@pytest.mark.parametrize(("metrics", "monitor", "mode", "expected"), [
+    (["bleu", "wer"], None, None, ("val/bleu", "max")),
+    (["wer", "bleu"], None, None, ("val/wer", "min")),   # error rates: lower is better
+    ([], None, None, ("val/loss", "min")),                # no decoding during validation
+    (["cider"], "val/loss", None, ("val/loss", "min")),   # an explicit monitor gets its own direction
+    (["wer"], None, "max", ("val/wer", "max")),           # an explicit mode wins
+])
+def test_best_checkpoint_follows_the_monitored_metric_direction(metrics, monitor, mode, expected):
+    assert checkpoint_target(metrics, monitor, mode) == expected

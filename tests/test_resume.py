@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 RUN = [
     *TINY, "data.synthetic=null", "data.max_tokens=600", "trainer.max_epochs=2", "eval.metrics=[]",
-    "checkpoint.monitor=val/loss", "checkpoint.mode=min", "data.test=null", "trace_data=true",
+    "data.test=null", "trace_data=true",
     "checkpoint.every_n_steps=4", "optim.warmup_steps=3",
 ]
 

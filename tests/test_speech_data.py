@@ -22,6 +22,7 @@ from mmxattn.data.speech import AudioPath, read_speech_tsv
 from mmxattn.data.synthetic_speech import NOUNS, VERBS, write_speech_corpus
 from mmxattn.errors import DataError
 from mmxattn.metrics import METRICS, normalize_for_wer, word_error_rate
+from mmxattn.registry import get_plugin
 from mmxattn.train import train
 from mmxattn_encoders.audio import AudioProcessor, log_mel_fbank
 
@@ -269,3 +270,13 @@ def test_quickstart_recipe_trains_and_mmx_generate_reads_audio(corpus, tmp_path,
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 + len(list((corpus / "clips").glob("*.flac")))  # one file + every file of the folder
     assert lines[0].split("\t")[0] == str(clips[0])
+
+    # a manifest: one output per row, labelled with the row's id, in manifest order
+    generate_cli.main([str(tmp_path / "run"), str(corpus / "test.tsv"), "--max-len", "6", "--device", "cpu"])
+    rows = (corpus / "test.tsv").read_text().splitlines()[1:]
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [row.split("\t")[0] for row in rows]
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("id\tn_frames\nx\t10\n")
+    with pytest.raises(DataError, match=r"bad.tsv:1: .*audio"):
+        generate_cli.read_inputs([str(bad)], get_plugin("audio"))

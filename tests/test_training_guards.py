@@ -18,7 +18,7 @@ from .run_helpers import assert_same_weights, one_thread, read_trace  # noqa: F4
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-LOSS_ONLY = ["eval.metrics=[]", "checkpoint.monitor=val/loss", "checkpoint.mode=min", "data.test=null",
+LOSS_ONLY = ["eval.metrics=[]", "data.test=null",
              "data.synthetic=null", "trainer.num_sanity_val_steps=0", "trainer.max_epochs=20"]
 
 

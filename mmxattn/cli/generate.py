@@ -10,6 +10,7 @@ import torch
 
 from .. import registry
 from ..checkpoint import load_for_inference
+from ..data.speech import split_fairseq_path
 from ..errors import DataError, MmxError
 from ..generation import generate
 from ..model import encoder_configs
@@ -21,10 +22,38 @@ EPILOG = """examples:
   mmx-generate model.pt --beam-size 8 --nbest 3 input.txt        # id, rank, score, text per line
   mmx-generate model.pt --strategy sample --top-p 0.9 --seed 1 input.txt
   mmx-generate captioner/model.pt photos/ extra.jpg               # image/audio models: files or folders
+  mmx-generate speech/model.pt data/tst-COMMON.tsv                 # or a manifest (fairseq speech TSV)
 
 Text models read one input per line (files or stdin) and print one output per line, in order.
 Image/audio models take file paths (folders are searched for known file types) and print
-"path<TAB>output". CHECKPOINT is model.pt, a Lightning .ckpt, or a run folder holding them."""
+"path<TAB>output"; a .tsv manifest with an `audio` (or `image`, `path`) column gives "id<TAB>output". CHECKPOINT is model.pt, a Lightning .ckpt, or a run folder holding them."""
+
+
+MANIFEST_PATH_COLUMNS = ("audio", "image", "path")  # fairseq speech manifests name theirs `audio`
+
+
+def read_manifest(path: Path) -> list[tuple[str, str]]:
+    """(id, file) per row of a TSV manifest with a header (fairseq speech-to-text style); files are relative
+    to the manifest's folder or absolute, with fairseq's `file:offset:length` kept as is."""
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    header = lines[0].split("\t") if lines else []
+    column = next((c for c in MANIFEST_PATH_COLUMNS if c in header), None)
+    if column is None:
+        raise DataError(f"{path}:1: a manifest needs a header with one of the columns {', '.join(MANIFEST_PATH_COLUMNS)} "
+                        f"naming the input files; it has {', '.join(header) or 'nothing'}")
+    items = []
+    for number, line in enumerate(lines[1:], 2):
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            raise DataError(f"{path}:{number}: {len(fields)} tab-separated fields, but the header has {len(header)}")
+        value = fields[header.index(column)].strip()
+        file, offset, length = split_fairseq_path(value)
+        file_path = Path(file) if Path(file).is_absolute() else path.parent / file
+        if not file_path.is_file():
+            raise DataError(f"{path}:{number}: {column} file {file_path} not found (relative paths start at {path.parent})")
+        resolved = str(file_path) + ("" if offset is None else f":{offset}:{length}")
+        items.append((fields[header.index("id")] if "id" in header else resolved, resolved))
+    return items
 
 
 def read_inputs(paths: list[str], plugin) -> list[tuple[str, object]]:
@@ -50,6 +79,8 @@ def read_inputs(paths: list[str], plugin) -> list[tuple[str, object]]:
                     if not found:
                         raise DataError(f"{path}: no files ending in {', '.join(plugin.file_extensions)} in this folder")
                     items += [(str(p), str(p)) for p in found]
+                elif path.is_file() and path.suffix == ".tsv" and ".tsv" not in plugin.file_extensions:
+                    items += read_manifest(path)
                 elif path.is_file():
                     items.append((str(path), str(path)))
                 else:
@@ -106,8 +137,8 @@ def main(argv=None) -> None:
 
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
-        for i, ((where, raw), hyps) in enumerate(zip(items, outputs)):
-            prefix = f"{raw}\t" if plugin.input_kind == "path" else ""
+        for i, ((where, _), hyps) in enumerate(zip(items, outputs)):
+            prefix = f"{where}\t" if plugin.input_kind == "path" else ""  # the file, or its manifest id
             if gen.nbest > 1 and gen.strategy == "beam":
                 for rank, h in enumerate(hyps):
                     out.write(f"{i}\t{rank}\t{h.score:.4f}\t{prefix}{tokenizers.target.decode(h.tokens)}\n")
