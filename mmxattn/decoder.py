@@ -143,9 +143,19 @@ class TransformerDecoder(nn.Module):
         plan = self._plan(single_row=(rows or context.states.shape[0]) == 1) if fast else None
         return DecoderState([KVCache(capacity) for _ in self.layers], cross_kv, self._mask(context.mask), plan=plan)
 
+    def drop_decode_plan(self) -> None:
+        """Forget the decode-time weight copies; the next `start` rebuilds them from the current weights.
+
+        The copies are rebuilt when a parameter's storage or version counter changes, but fused optimizers
+        (`torch.optim.AdamW(fused=True)`) update weights in place without bumping the version counter, so
+        a training loop that decodes between updates must call this before decoding (Seq2SeqTask does, at
+        the start of every validation and test).
+        """
+        self._cached_plan = None
+
     def train(self, mode: bool = True) -> "TransformerDecoder":
         if mode:
-            self._cached_plan = None  # training is about to change the weights: free the decode-time copies
+            self.drop_decode_plan()  # training is about to change the weights
         return super().train(mode)
 
     def _weights_key(self) -> tuple:

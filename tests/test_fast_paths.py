@@ -5,14 +5,18 @@ over the whole prefix (no key/value cache), every beam gets its own copy of the 
 each source is decoded on its own (no batching, no dropping of finished rows), in plain Python.
 """
 
+import lightning as L
 import pytest
 import torch
 
 from mmxattn import fast_linear
+from mmxattn.data.datamodule import Seq2SeqDataModule
 from mmxattn.attention import KVCache
 from mmxattn.context import Context
 from mmxattn.decoder import TransformerDecoder
 from mmxattn.generation import GenerationConfig, generate
+from mmxattn.model import build_model
+from mmxattn.task import Seq2SeqTask
 from mmxattn.tokenizer import BOS, EOS, PAD
 
 VOCAB = 48
@@ -149,3 +153,34 @@ def test_kv_cache_reorder_and_drop_rows_keep_the_right_history():
         k, v = cache.append(history[rows, :, t : t + 1], -history[rows, :, t : t + 1])
         torch.testing.assert_close(k, history[rows, :, : t + 1], rtol=0, atol=0)
         torch.testing.assert_close(v, -history[rows, :, : t + 1], rtol=0, atol=0)
+
+
+class _KeepValidationOutputs(L.Callback):
+    """Copies the decoded validation outputs before Seq2SeqTask scores (and clears) them."""
+
+    def __init__(self):
+        self.outputs = []
+
+    def on_validation_epoch_end(self, trainer, task):
+        self.outputs.append(sorted(task._val_outputs))
+
+
+def test_validation_during_training_decodes_with_the_current_weights(tiny_cfg, monkeypatch):
+    # Fused AdamW updates weights in place without bumping their version counters, and Lightning restores
+    # training mode without calling train(): the decode-time weight copies must still be rebuilt.
+    monkeypatch.setattr(fast_linear, "PACKING_MIN_WEIGHTS", 0)  # copies even of this tiny model's weights
+    cfg = tiny_cfg("trainer.max_epochs=3", "optim.lr=3e-3", "optim.warmup_steps=5", "data.test=null")
+    datamodule = Seq2SeqDataModule(cfg)
+    datamodule.prepare(("train", "valid"))
+    task = Seq2SeqTask(build_model(cfg, datamodule.tokenizers), datamodule.tokenizers, cfg)
+    during = _KeepValidationOutputs()
+    trainer_args = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0)
+    L.Trainer(max_epochs=3, callbacks=[during], **trainer_args).fit(task, datamodule=datamodule)
+
+    fresh = build_model(cfg, datamodule.tokenizers)  # the same final weights, no decode-time copies yet
+    fresh.load_state_dict(task.model.state_dict())
+    after = _KeepValidationOutputs()
+    L.Trainer(callbacks=[after], **trainer_args).validate(Seq2SeqTask(fresh, datamodule.tokenizers, cfg), datamodule)
+    assert len(during.outputs) == 3 and during.outputs[0] != during.outputs[-1]  # the outputs did change
+    assert during.outputs[-1] == after.outputs[0]
