@@ -3,7 +3,7 @@
 Training multiplies thousands of rows at a time and `F.linear` is at its best there. A decode step
 multiplies 1 to a few hundred rows by every weight matrix, so it is bound by reading the weights, and how
 they are stored decides the speed. Measured on the 2-core AMD EPYC benchmark machine (torch 2.11, MKL,
-one thread, see benchmarks/README.md):
+one thread):
 
 - 1 row: MKL's matrix-vector product reads a [in, out] (transposed) copy about twice as fast as the
   [out, in] parameter when out ≥ in (512→1536, 512→2048, 512→8000: 1.7-2.0×); for 2048→512 the
