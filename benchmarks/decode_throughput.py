@@ -77,8 +77,8 @@ def main(argv=None) -> list[dict]:
     peer = common.prepare(common.peer_model(env.size), env)
 
     rows = []
-    print(f"| strategy | batch | mmxattn tok/s | transformers tok/s | ratio | mmxattn % of matmul peak |")
-    print(f"|---|---:|---:|---:|---:|---:|")
+    print("| strategy | batch | mmxattn tok/s | transformers tok/s | ratio | mmxattn % of matmul peak |")
+    print("|---|---:|---:|---:|---:|---:|")
     for beam in args.beams:
         for batch in batch_sizes:
             tokens, mask = common.source_batch(batch, args.source_len, env.size.vocab, device=env.device)

@@ -102,7 +102,7 @@ def main(argv=None) -> dict:
     isolated = env.device.type == "cpu"
     results = {case: in_fresh_process(case, argv) if isolated else run_case(case, args, env) for case in CASES}
     mib = {case: value / 2**20 for case, value in results.items()}
-    print(f"\n| case | mmxattn (MiB) | transformers (MiB) | transformers ÷ mmxattn |")
+    print("\n| case | mmxattn (MiB) | transformers (MiB) | transformers ÷ mmxattn |")
     print("|---|---:|---:|---:|")
     print(f"| training step, batch {args.train_batch} × {args.train_length} | {mib['train-mmxattn']:,.0f} "
           f"| {mib['train-transformers']:,.0f} | {mib['train-transformers'] / mib['train-mmxattn']:.2f}× |")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import sys
-import time
 from pathlib import Path
 
 import numpy as np

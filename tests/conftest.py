@@ -30,6 +30,19 @@ def compose_config(overrides=(), output_dir=None):
     return cfg
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread, for tests of tiny models (`pytestmark = pytest.mark.usefixtures("one_thread")`).
+
+    Their matmuls gain nothing from a second thread, and on a shared 2-core machine a busy core makes every
+    parallel region wait: measured 3.3 s instead of 0.08 s for a ResNet step on 4 images.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory):
     """A small synthetic parallel corpus ({train,valid,test}.{en,xx}) shared by the session."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,15 +18,6 @@ def cli_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _LAUNCH}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}")
     return env
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """One intra-op thread: on a small shared machine two threads per process are much slower, not faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def read_trace(path: Path) -> list[tuple[int, int, int, float, list[int]]]:

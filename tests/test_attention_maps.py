@@ -21,7 +21,7 @@ from mmxattn.cli import attend
 from mmxattn.context import Context
 from mmxattn.generation import GenerationConfig, generate
 from mmxattn.model import build_model
-from mmxattn.tokenizer import BOS, EOS, PAD, Tokenizer, Tokenizers
+from mmxattn.tokenizer import BOS, EOS, Tokenizer, Tokenizers
 
 SENTENCES = ["the cat sat on the mat", "a dog runs in the park", "two birds fly over a river",
              "the red ball is near the house", "a small girl reads a long book"]

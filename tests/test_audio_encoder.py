@@ -21,17 +21,9 @@ from mmxattn.generation import GenerationConfig, generate
 from mmxattn.model import EncoderDecoder
 from mmxattn_encoders.audio import AudioEncoder, AudioProcessor, fbank_frames
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
+
 RATE = 16000
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds waiting, and on a shared 2-core machine a busy
-    core makes every parallel region stall (measured: 1000x slower small matmuls)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tone(seconds: float, rate: int = RATE, freq: float = 440.0, seed: int = 0) -> np.ndarray:

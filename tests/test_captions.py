@@ -21,15 +21,7 @@ from mmxattn.train import train
 
 from .conftest import compose_config
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: two OpenMP threads on a CPU shared with other jobs spin-wait and run tiny steps
-    many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def _image(path, colour=(200, 30, 30)):

@@ -15,7 +15,7 @@ from mmxattn.cli.average import main as average_main
 from mmxattn.train import train
 
 from .conftest import TINY, compose_config
-from .run_helpers import cli_env, one_thread  # noqa: F401  (one_thread: a fixture)
+from .run_helpers import cli_env
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -19,7 +19,7 @@ import torch
 from mmxattn.train import train
 
 from .conftest import TINY, compose_config
-from .run_helpers import assert_same_weights, cli_env, one_thread, read_trace  # noqa: F401  (one_thread: a fixture)
+from .run_helpers import assert_same_weights, cli_env, read_trace
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 # dropout off: ranks draw their dropout masks from separate RNG streams, a single process from one.

@@ -19,16 +19,9 @@ from mmxattn.model import build_model
 from mmxattn.task import Seq2SeqTask
 from mmxattn.tokenizer import BOS, EOS, PAD
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
+
 VOCAB = 48
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a busy machine thread hand-offs dominate."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(params=["packed", "plain"])

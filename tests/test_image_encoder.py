@@ -18,6 +18,8 @@ from mmxattn.errors import ConfigError, DataError
 from mmxattn.model import EncoderDecoder
 from mmxattn.tokenizer import BOS, EOS
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
+
 # (config, context tokens, width): a ViT (patch tokens; its class token dropped), a ResNet and a ConvNeXt
 # (H×W feature maps), all tiny so that the whole file runs in seconds on a CPU.
 ARCHS = {
@@ -39,16 +41,6 @@ def image_cfg(base: dict, **extra) -> dict:
 def build(cfg: dict, train: bool = False):
     plugin = registry.get_plugin("image_timm")
     return registry.build_encoder("image_timm", cfg), plugin.build_processor(cfg, train=train)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a CPU shared with other jobs, two OpenMP threads spin-wait on each other and
-    these tiny steps run ~40× slower (measured 3.3 s vs 0.08 s per ResNet step on 4 images)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 from mmxattn.train import train
 
 from .conftest import TINY, compose_config
-from .run_helpers import cli_env, one_thread, read_trace  # noqa: F401  (one_thread: a fixture)
+from .run_helpers import cli_env, read_trace
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

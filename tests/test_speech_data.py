@@ -28,14 +28,7 @@ from mmxattn_encoders.audio import AudioProcessor, log_mel_fbank
 
 from .conftest import TINY, compose_config
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread (a second one stalls on a busy shared 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from mmxattn.train import train
 
 from .conftest import TINY, compose_config
 from .fault_injection import NanGradientAtSteps
-from .run_helpers import assert_same_weights, one_thread, read_trace  # noqa: F401  (one_thread: a fixture)
+from .run_helpers import assert_same_weights, read_trace
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
