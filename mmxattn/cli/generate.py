@@ -10,7 +10,7 @@ import torch
 
 from .. import registry
 from ..checkpoint import load_for_inference
-from ..data.speech import split_fairseq_path
+from ..data.speech import resolve_audio
 from ..errors import DataError, MmxError
 from ..generation import generate
 from ..model import encoder_configs
@@ -26,7 +26,8 @@ EPILOG = """examples:
 
 Text models read one input per line (files or stdin) and print one output per line, in order.
 Image/audio models take file paths (folders are searched for known file types) and print
-"path<TAB>output"; a .tsv manifest with an `audio` (or `image`, `path`) column gives "id<TAB>output". CHECKPOINT is model.pt, a Lightning .ckpt, or a run folder holding them."""
+"path<TAB>output"; a .tsv manifest with an `audio` (or `image`, `path`) column gives "id<TAB>output".
+CHECKPOINT is model.pt, a Lightning .ckpt, or a run folder holding them."""
 
 
 MANIFEST_PATH_COLUMNS = ("audio", "image", "path")  # fairseq speech manifests name theirs `audio`
@@ -41,18 +42,16 @@ def read_manifest(path: Path) -> list[tuple[str, str]]:
     if column is None:
         raise DataError(f"{path}:1: a manifest needs a header with one of the columns {', '.join(MANIFEST_PATH_COLUMNS)} "
                         f"naming the input files; it has {', '.join(header) or 'nothing'}")
+    at, ids = header.index(column), header.index("id") if "id" in header else None
     items = []
     for number, line in enumerate(lines[1:], 2):
         fields = line.split("\t")
         if len(fields) != len(header):
             raise DataError(f"{path}:{number}: {len(fields)} tab-separated fields, but the header has {len(header)}")
-        value = fields[header.index(column)].strip()
-        file, offset, length = split_fairseq_path(value)
-        file_path = Path(file) if Path(file).is_absolute() else path.parent / file
+        file_path, resolved = resolve_audio(fields[at].strip(), path.parent)
         if not file_path.is_file():
             raise DataError(f"{path}:{number}: {column} file {file_path} not found (relative paths start at {path.parent})")
-        resolved = str(file_path) + ("" if offset is None else f":{offset}:{length}")
-        items.append((fields[header.index("id")] if "id" in header else resolved, resolved))
+        items.append((resolved if ids is None else fields[ids], resolved))
     return items
 
 

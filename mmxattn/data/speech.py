@@ -43,6 +43,16 @@ def split_fairseq_path(audio: str) -> tuple[str, int | None, int | None]:
     return audio, None, None
 
 
+def resolve_audio(value: str, root: Path) -> tuple[Path, str]:
+    """A manifest's audio value -> (the file it reads, the value with that file made absolute).
+
+    Relative files start at `root`; fairseq's `file:OFFSET:LENGTH` keeps its slice.
+    """
+    file, offset, length = split_fairseq_path(value)
+    path = Path(file) if Path(file).is_absolute() else root / file
+    return path, str(path) + ("" if offset is None else f":{offset}:{length}")
+
+
 def manifest_path(root: Path, name: str) -> Path:
     path = root / (name if name.endswith(".tsv") else f"{name}.tsv")
     if not path.is_file():
@@ -96,8 +106,7 @@ def read_speech_tsv(data_cfg, split: str, skipped: SkipReport) -> list[Sample]:
             elif not target:
                 reason, problem = "empty target", f"empty {target_column}"
             else:
-                file, offset, length = split_fairseq_path(audio)
-                file_path = Path(file) if Path(file).is_absolute() else audio_root / file
+                file_path, resolved = resolve_audio(audio, audio_root)
                 if file_path not in exists:
                     exists[file_path] = file_path.is_file()
                 if not exists[file_path]:
@@ -110,7 +119,6 @@ def read_speech_tsv(data_cfg, split: str, skipped: SkipReport) -> list[Sample]:
                 )
             skipped.add(reason, where)
             continue
-        resolved = str(file_path) + ("" if offset is None else f":{offset}:{length}")
         samples.append(Sample({"src": AudioPath(resolved, int(n_frames))}, target, where))
     if not samples:
         raise DataError(f"{manifest}: no usable rows")
