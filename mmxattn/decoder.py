@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .attention import KVCache
 from .context import Context
@@ -25,16 +26,30 @@ from .fast_linear import InferenceLinear
 from .layers import DecoderLayer, sinusoidal_positions
 
 
+_optimizer_steps = 0  # steps taken by any torch optimizer in this process
+
+
+def _count_optimizer_step(optimizer, args, kwargs) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+# Fused optimizers (AdamW(fused=True), Lightning's default on GPU) update weights in place without
+# bumping their version counters, so the decode plan's key counts optimizer steps as well.
+register_optimizer_step_post_hook(_count_optimizer_step)
+
+
 class DecodePlan:
     """The decoder's weights as the fast step uses them: each layer's linears as `InferenceLinear`s.
 
-    Built by `TransformerDecoder.start` and kept on the decoder until a weight changes (an optimizer
-    step, `load_state_dict`, `.to()`), so repeated decodes pay for it once.
+    Built by `TransformerDecoder.start` and kept on the decoder until a weight may have changed (any
+    optimizer step, an in-place write such as `load_state_dict`, `.to()`) or the thread count changes,
+    so repeated decodes pay for it once.
     """
 
     def __init__(self, decoder: "TransformerDecoder", single_row: bool):
         rows = 1 if single_row else 2
-        self.single_row = single_row
+        self.layout = _layout(single_row)
         self.layers = [
             (
                 InferenceLinear.of(layer.self_attn.qkv_proj, rows), InferenceLinear.of(layer.self_attn.out_proj, rows),
@@ -146,24 +161,17 @@ class TransformerDecoder(nn.Module):
     def drop_decode_plan(self) -> None:
         """Forget the decode-time weight copies; the next `start` rebuilds them from the current weights.
 
-        The copies are rebuilt when a parameter's storage or version counter changes, but fused optimizers
-        (`torch.optim.AdamW(fused=True)`) update weights in place without bumping the version counter, so
-        a training loop that decodes between updates must call this before decoding (Seq2SeqTask does, at
-        the start of every validation and test).
+        Needed only after writing weights behind autograd's back (`param.data.copy_(...)`): optimizer
+        steps and in-place writes to the parameters themselves are noticed without it.
         """
         self._cached_plan = None
 
-    def train(self, mode: bool = True) -> "TransformerDecoder":
-        if mode:
-            self.drop_decode_plan()  # training is about to change the weights
-        return super().train(mode)
-
     def _weights_key(self) -> tuple:
-        return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
+        return _optimizer_steps, tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
 
     def _plan(self, single_row: bool) -> DecodePlan:
         plan = getattr(self, "_cached_plan", None)
-        if plan is None or plan.single_row != single_row or plan.key != self._weights_key():
+        if plan is None or plan.layout != _layout(single_row) or plan.key != self._weights_key():
             with torch.no_grad():
                 plan = DecodePlan(self, single_row)
             self._cached_plan = plan
@@ -210,6 +218,11 @@ class TransformerDecoder(nn.Module):
             x = x + ffn_out(F.gelu(ffn_in(_norm(layer.norm_ffn, x)), approximate=gelu.approximate))
         state.position += 1
         return state.plan.output(_norm(self.norm, x)).view(n, 1, -1)
+
+
+def _layout(single_row: bool) -> tuple[bool, int]:
+    # InferenceLinear's choice of weight copy depends on the rows per step and, for one row, the threads
+    return single_row, torch.get_num_threads() if single_row else 0
 
 
 def _norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:

@@ -2,17 +2,20 @@
 
 Training multiplies thousands of rows at a time and `F.linear` is at its best there. A decode step
 multiplies 1 to a few hundred rows by every weight matrix, so it is bound by reading the weights, and how
-they are stored decides the speed. Measured on the 2-core AMD EPYC benchmark machine (torch 2.11, MKL,
-one thread):
+they are stored decides the speed. Measured on the 2-core AMD EPYC benchmark machine (torch 2.11, MKL and
+oneDNN):
 
-- 1 row: MKL's matrix-vector product reads a [in, out] (transposed) copy about twice as fast as the
-  [out, in] parameter when out ≥ in (512→1536, 512→2048, 512→8000: 1.7-2.0×); for 2048→512 the
-  parameter's own layout is faster, so it is kept.
 - 2 rows or more: oneDNN's prepacked weight format (what `torch.compile` uses after freezing) beats
   `F.linear` by 1.2-3× (largest for the vocabulary projection at few rows). oneDNN picks the blocked
   format from a row-count hint; hints of 128 and up gave the fastest format at every row count tried
   (5, 32, 160), so one packed copy serves every batch size. A oneDNN call costs ~10 µs more than
   `F.linear`, so small weights (under 256×256, tiny test models) stay with `F.linear`.
+- 1 row (greedy decoding of one source) is a matrix-vector product, bound by reading the weights. With
+  2 threads the packed copy streams them fastest too: the whole Transformer-base step at 15 GB/s
+  against 12 GB/s for MKL on the best plain layout, greedy decoding 96-103 tokens/s against 78-86.
+  With 1 thread MKL's matrix-vector product is the faster one (80 against 67 tokens/s), and it reads a
+  [in, out] (transposed) copy about twice as fast as the [out, in] parameter when out ≥ in (512→1536,
+  512→2048, 512→8000: 1.7-2.0×; for 2048→512 the parameter's own layout is faster, so it is kept).
 
 `InferenceLinear` holds whichever copy applies, made once per decode and reused for every step (the
 decoder caches them until a weight changes). It is used only without autograd; results equal `F.linear`
@@ -49,9 +52,10 @@ class InferenceLinear:
         if weight.device.type != "cpu" or weight.dtype != torch.float32:
             return  # GPUs (cuBLAS) and bf16 are served well by F.linear
         out_dim, in_dim = weight.shape
-        if rows == 1 and out_dim >= in_dim:
-            self.transposed = self.weight.t().contiguous()  # [in, out]
-        elif rows > 1 and ONEDNN and weight.numel() >= PACKING_MIN_WEIGHTS:
+        if rows == 1 and torch.get_num_threads() == 1:
+            if out_dim >= in_dim:
+                self.transposed = self.weight.t().contiguous()  # [in, out]
+        elif ONEDNN and weight.numel() >= PACKING_MIN_WEIGHTS:
             self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, PACKING_ROWS_HINT)
 
     @classmethod
@@ -60,8 +64,8 @@ class InferenceLinear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # x [rows, in] -> [rows, out]
+        if self.packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         if self.transposed is not None and x.shape[0] == 1:
             return x @ self.transposed if self.bias is None else torch.addmm(self.bias, x, self.transposed)
-        if self.packed is not None and x.shape[0] > 1:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)

@@ -185,13 +185,6 @@ class Seq2SeqTask(L.LightningModule):
             f"{self.global_step}\t{self.current_epoch}\t{batch_idx}\t{loss_sum.item()!r}\t{int(ntokens)}\t{ids}\n"
         )
 
-    def on_validation_start(self):
-        # the weights changed since the last decode, possibly without a version bump (fused AdamW), and
-        # Lightning restores training mode without calling train(): rebuild the decode-time copies
-        self.model.decoder.drop_decode_plan()
-
-    on_test_start = on_validation_start
-
     def validation_step(self, batch, batch_idx):
         if "target_in" not in batch:
             return
