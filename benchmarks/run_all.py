@@ -14,6 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import compile_speed  # noqa: E402
 import context_scaling  # noqa: E402
 import decode_throughput  # noqa: E402
 import memory  # noqa: E402
@@ -25,7 +26,7 @@ def main(argv=None) -> None:
     if "-h" in argv or "--help" in argv:
         print(__doc__)
         return
-    for benchmark in (decode_throughput, train_efficiency, context_scaling, memory):
+    for benchmark in (decode_throughput, train_efficiency, context_scaling, memory, compile_speed):
         benchmark.main(argv)
         print(flush=True)
 

@@ -80,6 +80,17 @@ class KVCache:
         self._k, self._v, self.rows = spare_k, spare_v, n
 
 
+def padding_mask_or_none(mask: torch.Tensor) -> torch.Tensor | None:
+    """The key-padding mask [B, S] (True = real), or None when nothing is padded.
+
+    Without a mask SDPA can use its fastest kernel. Under torch.compile the mask is always kept: looking
+    at its values would split the graph, and the compiled kernel gains nothing from leaving it out.
+    """
+    if torch.compiler.is_compiling():
+        return mask
+    return None if bool(mask.all()) else mask
+
+
 def attention_weights(q, k, v, attn_mask=None, causal=False):
     """Reference attention that also returns the weights: softmax(q kᵀ/√d + mask) v.
 

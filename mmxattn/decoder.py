@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from .attention import KVCache
+from .attention import KVCache, padding_mask_or_none
 from .context import Context
 from .fast_linear import InferenceLinear
 from .layers import DecoderLayer, sinusoidal_positions
@@ -47,9 +47,10 @@ class DecodePlan:
     so repeated decodes pay for it once.
     """
 
-    def __init__(self, decoder: "TransformerDecoder", single_row: bool):
-        rows = 1 if single_row else 2
-        self.layout = _layout(single_row)
+    def __init__(self, decoder: "TransformerDecoder", layout: tuple):
+        single_row, _, compiled = layout
+        rows = None if compiled else 1 if single_row else 2  # inductor cannot read oneDNN's packed weights
+        self.layout = layout
         self.layers = [
             (
                 InferenceLinear.of(layer.self_attn.qkv_proj, rows), InferenceLinear.of(layer.self_attn.out_proj, rows),
@@ -117,6 +118,7 @@ class TransformerDecoder(nn.Module):
         else:
             nn.init.normal_(self.output.weight, std=d_model**-0.5)
         self.register_buffer("positions", sinusoidal_positions(1024, d_model), persistent=False)
+        self._compiled_step = None  # see compile_step
 
     def _embed(self, tokens: torch.Tensor, offset: int) -> torch.Tensor:
         # tokens [N, T] -> [N, T, D]
@@ -125,11 +127,6 @@ class TransformerDecoder(nn.Module):
             self.positions = sinusoidal_positions(2 * end, self.d_model, device=tokens.device)
         return self.drop(self.embed(tokens) * self.embed_scale + self.positions[offset:end])
 
-    @staticmethod
-    def _mask(mask: torch.Tensor) -> torch.Tensor | None:
-        # No mask at all when nothing is padded: SDPA can then use its fastest kernel.
-        return None if bool(mask.all()) else mask
-
     def forward(
         self, tokens: torch.Tensor, context: Context, *, need_weights: bool = False
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -137,7 +134,7 @@ class TransformerDecoder(nn.Module):
 
         Returns (logits [N, T, V], per-layer cross-attention weights [N, H, T, S] if need_weights).
         """
-        x, mask = self._embed(tokens, 0), self._mask(context.mask)
+        x, mask = self._embed(tokens, 0), padding_mask_or_none(context.mask)
         all_weights = []
         for layer in self.layers:
             x, weights = layer(x, context.states, mask, need_weights=need_weights)
@@ -155,8 +152,19 @@ class TransformerDecoder(nn.Module):
         cross_kv = [
             tuple(t.contiguous() for t in layer.cross_attn.project_context(context.states)) for layer in self.layers
         ]
-        plan = self._plan(single_row=(rows or context.states.shape[0]) == 1) if fast else None
-        return DecoderState([KVCache(capacity) for _ in self.layers], cross_kv, self._mask(context.mask), plan=plan)
+        single_row = (rows or context.states.shape[0]) == 1
+        plan = self._plan(_layout(single_row, compiled=self._compiled_step is not None)) if fast else None
+        mask = padding_mask_or_none(context.mask)
+        return DecoderState([KVCache(capacity) for _ in self.layers], cross_kv, mask, plan=plan)
+
+    def compile_step(self, **options) -> None:
+        """Run the fast decode step under `torch.compile` (options go to it); it must not change any token.
+
+        Shapes are dynamic (the live rows and the cache length change from step to step), so it compiles
+        once, on the first decode. The weights stay plain there (inductor cannot lower oneDNN's packed
+        ones), which on CPU costs more than compiling wins: benchmarks/compile_speed.py measures both.
+        """
+        self._compiled_step = torch.compile(self._fast_step, dynamic=True, **options)
 
     def drop_decode_plan(self) -> None:
         """Forget the decode-time weight copies; the next `start` rebuilds them from the current weights.
@@ -169,11 +177,11 @@ class TransformerDecoder(nn.Module):
     def _weights_key(self) -> tuple:
         return _optimizer_steps, tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
 
-    def _plan(self, single_row: bool) -> DecodePlan:
+    def _plan(self, layout: tuple) -> DecodePlan:
         plan = getattr(self, "_cached_plan", None)
-        if plan is None or plan.layout != _layout(single_row) or plan.key != self._weights_key():
+        if plan is None or plan.layout != layout or plan.key != self._weights_key():
             with torch.no_grad():
-                plan = DecodePlan(self, single_row)
+                plan = DecodePlan(self, layout)
             self._cached_plan = plan
         return plan
 
@@ -185,7 +193,7 @@ class TransformerDecoder(nn.Module):
             state.plan is not None and tokens.shape[1] == 1 and not need_weights
             and not self.training and not torch.is_grad_enabled()
         ):
-            return self._fast_step(tokens, state), []
+            return (self._compiled_step or self._fast_step)(tokens, state), []
         x = self._embed(tokens, state.position)
         all_weights = []
         for layer, cache, kv in zip(self.layers, state.caches, state.cross_kv):
@@ -220,9 +228,9 @@ class TransformerDecoder(nn.Module):
         return state.plan.output(_norm(self.norm, x)).view(n, 1, -1)
 
 
-def _layout(single_row: bool) -> tuple[bool, int]:
+def _layout(single_row: bool, compiled: bool) -> tuple[bool, int, bool]:
     # InferenceLinear's choice of weight copy depends on the rows per step and, for one row, the threads
-    return single_row, torch.get_num_threads() if single_row else 0
+    return single_row, torch.get_num_threads() if single_row else 0, compiled
 
 
 def _norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:

@@ -46,10 +46,11 @@ PACKING_MIN_WEIGHTS = 256 * 256
 class InferenceLinear:
     """y = x Wᵀ + b for x [rows, in], with W stored the way this device multiplies `rows` rows fastest."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int | None):
+        """rows: 1, or 2 for any more; None keeps the plain weights (F.linear)."""
         self.weight, self.bias = weight.detach(), None if bias is None else bias.detach()
         self.transposed = self.packed = None
-        if weight.device.type != "cpu" or weight.dtype != torch.float32:
+        if rows is None or weight.device.type != "cpu" or weight.dtype != torch.float32:
             return  # GPUs (cuBLAS) and bf16 are served well by F.linear
         out_dim, in_dim = weight.shape
         if rows == 1 and torch.get_num_threads() == 1:
@@ -59,7 +60,7 @@ class InferenceLinear:
             self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, PACKING_ROWS_HINT)
 
     @classmethod
-    def of(cls, linear: torch.nn.Linear, rows: int) -> "InferenceLinear":
+    def of(cls, linear: torch.nn.Linear, rows: int | None) -> "InferenceLinear":
         return cls(linear.weight, linear.bias, rows)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

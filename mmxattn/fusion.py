@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .attention import KVCache, MultiHeadAttention
+from .attention import KVCache, MultiHeadAttention, padding_mask_or_none
 from .context import Context
 from .decoder import DecoderState, TransformerDecoder
 from .errors import ConfigError
@@ -161,7 +161,7 @@ class GatedFusionDecoder(TransformerDecoder):
     def forward(self, tokens: torch.Tensor, context: Context, *, need_weights: bool = False):
         """tokens [N, T] (BOS-prefixed), context [B, S, D] -> (logits [N, T, V], per-layer weights)."""
         spans = self._spans(context)
-        x, mask = self._embed(tokens, 0), self._mask(context.mask)
+        x, mask = self._embed(tokens, 0), padding_mask_or_none(context.mask)
         all_weights = []
         for layer in self.layers:
             x, weights = layer(x, context.states, mask, spans, need_weights=need_weights)
@@ -174,7 +174,13 @@ class GatedFusionDecoder(TransformerDecoder):
         one-token step, which has no gated variant: every step here runs the layers' own forward."""
         spans = self._spans(context)
         cross_kv = [layer.cross_attn.project_context(context.states, spans) for layer in self.layers]
-        return GatedDecoderState([KVCache(capacity) for _ in self.layers], cross_kv, self._mask(context.mask), spans=spans)
+        return GatedDecoderState([KVCache(capacity) for _ in self.layers], cross_kv, padding_mask_or_none(context.mask), spans=spans)
+
+    def compile_step(self, **options) -> None:
+        raise ConfigError(
+            "compile.decode=true compiles the one-token fast step, which gated fusion has no variant of; "
+            "set compile.decode=false (compile.train still applies)"
+        )
 
     def step(self, tokens: torch.Tensor, state: GatedDecoderState, *, need_weights: bool = False):
         x = self._embed(tokens, state.position)

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .attention import KVCache, MultiHeadAttention
+from .attention import KVCache, MultiHeadAttention, padding_mask_or_none
 
 
 def sinusoidal_positions(length: int, dim: int, offset: int = 0, device=None) -> torch.Tensor:
@@ -50,7 +50,7 @@ class TransformerEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        attn_mask = None if bool(mask.all()) else mask  # no mask at all lets SDPA pick its fastest kernel
+        attn_mask = padding_mask_or_none(mask)
         for layer in self.layers:
             x = layer(x, attn_mask)
         return self.norm(x)

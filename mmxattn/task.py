@@ -76,6 +76,11 @@ class Seq2SeqTask(L.LightningModule):
             max_in_row=int(guard.get("max_nonfinite_in_row", 10)), check_every=int(guard.get("check_every_n_steps", 20)),
             describe=self._describe_train_samples,
         )
+        compile_cfg = cfg.get("compile") or {}
+        if compile_cfg.get("train"):
+            model.compile()  # in place: the state dict and checkpoints keep their keys
+        if compile_cfg.get("decode"):
+            model.decoder.compile_step()
         self._loss_unit = float(cfg.data.max_tokens)  # keeps the returned (summed) loss near the size of a mean
         self._reset_window()
         self._trace = None

@@ -29,6 +29,11 @@ def decoder_and_context(request, monkeypatch):
     """A tiny decoder; "packed" makes its weights take the layouts that the big models' weights take."""
     if request.param == "packed":
         monkeypatch.setattr(fast_linear, "PACKING_MIN_WEIGHTS", 0)
+    return tiny_decoder_and_context()
+
+
+def tiny_decoder_and_context() -> tuple[TransformerDecoder, Context]:
+    """A 2-layer decoder in eval mode and 8 contexts of 7 positions, most of them padded."""
     torch.manual_seed(0)
     decoder = TransformerDecoder(vocab_size=VOCAB, d_model=32, num_layers=2, num_heads=4, ffn_dim=64, dropout=0.0)
     with torch.no_grad():  # make EOS likely enough that hypotheses end at different steps

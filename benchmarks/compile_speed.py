@@ -1,0 +1,120 @@
+"""Does `torch.compile` pay? mmxattn eager against mmxattn compiled, training step and decoding.
+
+    python benchmarks/compile_speed.py                  # CPU fp32, the table in benchmarks/README.md
+    python benchmarks/compile_speed.py --device cuda    # GPU: bf16 autocast for training, bf16 decoding
+    python benchmarks/compile_speed.py --quick          # tiny sizes: checks that it runs
+
+What `compile.train=true` and `compile.decode=true` switch on (`EncoderDecoder.compile()`,
+`TransformerDecoder.compile_step()`), on two copies of one model with the same weights:
+1. Training step (forward, label-smoothed loss, backward, AdamW) at batch 32 × 30: time and MFU of each,
+   and the one-off compile time. Then steps over batches of four different lengths, as real batches come:
+   the compiled model recompiles once for dynamic shapes, and those kernels may be slower.
+2. Decoding (greedy batch 1 and 32, beam 5 batch 1; 32 tokens forced): tokens/s of each.
+The peer here is mmxattn itself: what decides whether compiling is worth its start-up minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+import decode_throughput  # noqa: E402
+import train_efficiency  # noqa: E402
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def training(env, peak: float, batch_size: int, length: int) -> dict:
+    eager = train_efficiency.make_trainer("mmxattn", env)
+    compiled = train_efficiency.make_trainer("mmxattn", env)
+    compiled.model.load_state_dict(eager.model.state_dict())
+    compiled.model.compile()
+    batch = train_efficiency.random_batch(batch_size, length, env.size.vocab, env.device)
+    first = timed(lambda: compiled.step(batch))  # compiles (forward and backward)
+    t_eager, t_compiled = common.time_pair(
+        lambda: eager.step(batch), lambda: compiled.step(batch), env.device, repeats=env.repeats + 2, warmup=1
+    )
+    flops = common.training_flops(env.size, batch_size, batch["src"].shape[1], batch["target_in"].shape[1])
+    print(f"\n# training step, batch {batch_size} × {length} tokens, AdamW, dropout 0.1 (first compiled step: "
+          f"{first:.0f} s, compilation included)")
+    print("| | eager | compiled | ratio |")
+    print("|---|---:|---:|---:|")
+    print(f"| step time (ms) | {1e3 * t_eager:,.0f} | {1e3 * t_compiled:,.0f} | {t_eager / t_compiled:.2f}× |")
+    print(f"| MFU | {100 * flops / t_eager / peak:.1f}% | {100 * flops / t_compiled / peak:.1f}% | |", flush=True)
+
+    lengths = [length, int(0.7 * length), int(1.3 * length), int(0.85 * length)]
+    batches = [train_efficiency.random_batch(batch_size, n, env.size.vocab, env.device, seed=n) for n in lengths]
+    recompile = sum(timed(lambda: compiled.step(b)) for b in batches[1:3])  # new shapes: dynamic recompilation
+    for b in batches:  # warm both sides on every shape
+        eager.step(b)
+        compiled.step(b)
+    t_eager_var, t_compiled_var = common.time_pair(
+        lambda: [eager.step(b) for b in batches], lambda: [compiled.step(b) for b in batches],
+        env.device, repeats=env.repeats, warmup=0,
+    )
+    print(f"| 4 batches of lengths {lengths} (s) | {t_eager_var:.2f} | {t_compiled_var:.2f} "
+          f"| {t_eager_var / t_compiled_var:.2f}× |")
+    print(f"\n# recompiling for new shapes took {recompile:.0f} s (once per run)", flush=True)
+    return dict(step_eager=t_eager, step_compiled=t_compiled, ratio=t_eager / t_compiled, compile_s=first,
+                mfu_eager=flops / t_eager / peak, mfu_compiled=flops / t_compiled / peak,
+                varied_ratio=t_eager_var / t_compiled_var)
+
+
+def decoding(env, source_len: int, new_tokens: int, batch_sizes: list[int]) -> list[dict]:
+    eager = common.prepare(common.mmx_model(env.size), env)
+    compiled = common.prepare(common.mmx_model(env.size), env)
+    compiled.load_state_dict(eager.state_dict())
+    compiled.decoder.compile_step()
+    print(f"\n# decoding, source {source_len} tokens, {new_tokens} tokens forced")
+    print("| strategy | batch | eager tok/s | compiled tok/s | ratio | first compiled decode (s) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    rows = []
+    for beam, batch in [(1, b) for b in batch_sizes] + [(5, 1)]:
+        tokens, mask = common.source_batch(batch, source_len, env.size.vocab, device=env.device)
+        run = {name: (lambda m=model: decode_throughput.mmx_decode(m, tokens, mask, beam=beam, new_tokens=new_tokens))
+               for name, model in (("eager", eager), ("compiled", compiled))}
+        first = timed(run["compiled"])
+        same = [h[0].tokens for h in run["eager"]()] == [h[0].tokens for h in run["compiled"]()]
+        assert same, "compiled decoding gave other tokens"
+        t_eager, t_compiled = common.time_pair(run["eager"], run["compiled"], env.device, repeats=env.repeats)
+        generated = batch * new_tokens
+        row = dict(strategy="greedy" if beam == 1 else f"beam {beam}", batch=batch, eager=generated / t_eager,
+                   compiled=generated / t_compiled, ratio=t_eager / t_compiled, compile_s=first)
+        rows.append(row)
+        print(f"| {row['strategy']} | {batch} | {common.fmt_rate(row['eager'])} | {common.fmt_rate(row['compiled'])} "
+              f"| {row['ratio']:.2f}× | {first:.0f} |", flush=True)
+    return rows
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_common_args(parser)
+    parser.add_argument("--batch", type=int, default=None, help="training sentences per step (default 32; cuda 128)")
+    parser.add_argument("--length", type=int, default=30, help="training source and target tokens per sentence")
+    parser.add_argument("--new-tokens", type=int, default=32, help="generated tokens per source (forced)")
+    args = parser.parse_args(argv)
+    env = common.setup(args)
+    batch_size = args.batch or (4 if env.quick else 128 if env.device.type == "cuda" else 32)
+    length = 8 if env.quick else args.length
+    decode_batches = [1, 4] if env.quick else [1, 256] if env.device.type == "cuda" else [1, 32]
+
+    common.header("torch.compile: mmxattn eager vs mmxattn compiled", env)
+    peak = common.matmul_peak(env.device, env.dtype)
+    print(f"# matmul peak (measured): {peak / 1e9:,.1f} GFLOP/s")
+    result = dict(training=training(env, peak, batch_size, length))
+    result["decoding"] = decoding(env, 30, 8 if env.quick else args.new_tokens, decode_batches)
+    return result
+
+
+if __name__ == "__main__":
+    main()

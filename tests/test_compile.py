@@ -1,0 +1,70 @@
+"""The torch.compile paths (`compile.train`, `compile.decode`) compute what the eager ones do.
+
+Compiling takes tens of seconds even for these tiny models, so each test compiles once and checks
+everything it can with that. Skipped where inductor has no C++ compiler (torch.compile on CPU needs one).
+"""
+
+import shutil
+
+import pytest
+import torch
+
+from mmxattn.context import Context
+from mmxattn.data.datamodule import Seq2SeqDataModule
+from mmxattn.errors import ConfigError
+from mmxattn.generation import GenerationConfig, generate
+from mmxattn.model import build_model
+from mmxattn.task import Seq2SeqTask
+
+from .test_fast_paths import reference_beam, reference_greedy, tiny_decoder_and_context
+
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.skipif(shutil.which("g++") is None and shutil.which("clang++") is None,
+                       reason="torch.compile on CPU needs a C++ compiler"),
+]
+
+
+def test_compiled_decoding_gives_the_reference_tokens():
+    decoder, context = tiny_decoder_and_context()
+    decoder.compile_step()
+    greedy = GenerationConfig(strategy="greedy", max_len=14)
+    beam = GenerationConfig(strategy="beam", beam_size=4, nbest=3, max_len=12, min_len=3)
+    assert [h[0].tokens for h in generate(decoder, context, greedy)] == reference_greedy(decoder, context, greedy)
+    expected = reference_beam(decoder, context, beam)
+    got = generate(decoder, context, beam)
+    assert [[h.tokens for h in hyps] for hyps in got] == [[t for t, _ in hyps] for hyps in expected]
+
+
+def test_compiled_training_forward_matches_eager(tiny_cfg):
+    cfg = tiny_cfg("compile.train=true", "compile.decode=false", "decoder.dropout=0.0", "encoder.dropout=0.0")
+    datamodule = Seq2SeqDataModule(cfg)
+    datamodule.prepare(("train",))
+    batch = next(iter(datamodule.loader("train", shuffle=False)))
+    assert not bool(batch["inputs"]["src"]["mask"].all()), "the batch should hold padding"
+    torch.manual_seed(0)
+    eager = build_model(cfg, datamodule.tokenizers)
+    compiled = build_model(cfg, datamodule.tokenizers)
+    compiled.load_state_dict(eager.state_dict())
+    task = Seq2SeqTask(compiled, datamodule.tokenizers, cfg)  # compiles its model in place
+
+    results = []
+    for model in (eager, task.model):
+        logits = model(batch["inputs"], batch["target_in"])  # [B, T, V]
+        logits.float().logsumexp(-1).mean().backward()
+        results.append((logits.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (logits_a, grads_a), (logits_b, grads_b) = results
+    torch.testing.assert_close(logits_b, logits_a, rtol=1e-4, atol=1e-5)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-3, atol=1e-5, msg=name)
+    assert task.state_dict().keys() == Seq2SeqTask(eager, datamodule.tokenizers, cfg).state_dict().keys()
+
+
+def test_gated_fusion_refuses_compile_decode():
+    from mmxattn.fusion import GatedFusionDecoder
+
+    decoder = GatedFusionDecoder(sources=["a", "b"], vocab_size=16, d_model=8, num_layers=1, num_heads=2, ffn_dim=16)
+    with pytest.raises(ConfigError, match="compile.decode=false"):
+        decoder.compile_step()
+
