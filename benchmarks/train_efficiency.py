@@ -73,11 +73,14 @@ def loss_of(logits: torch.Tensor, target_out: torch.Tensor) -> torch.Tensor:
 
 
 class Trainer:
-    """One optimizer step of a model, written the same way for both sides (AdamW, label smoothing 0.1)."""
+    """One optimizer step of a model, written the same way for both sides (AdamW, label smoothing 0.1).
+
+    AdamW is the fused one (one kernel for all parameters, on CPU too), as `mmx-train` uses it.
+    """
 
     def __init__(self, model, forward, env):
         self.model, self.forward, self.env = model, forward, env
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
         self.autocast = env.dtype == torch.bfloat16  # fp32 master weights, bf16 matmuls
 
     def step(self, batch: dict) -> None:
@@ -201,7 +204,7 @@ def main(argv=None) -> dict:
     )
     flops = common.training_flops(env.size, batch_size, batch["src"].shape[1], batch["target_in"].shape[1])
     tokens = batch["useful"]
-    print(f"\n# training step, batch {batch_size} × {length} tokens, AdamW, dropout 0.1, label smoothing 0.1")
+    print(f"\n# training step, batch {batch_size} × {length} tokens, fused AdamW, dropout 0.1, label smoothing 0.1")
     print("| | mmxattn | transformers | ratio |")
     print("|---|---:|---:|---:|")
     print(f"| step time (ms) | {1e3 * t_ours:,.0f} | {1e3 * t_peer:,.0f} | {t_peer / t_ours:.2f}× |")

@@ -30,7 +30,7 @@ from torch import nn
 from mmxattn.context import Context, ContextView
 from mmxattn.data.speech import split_fairseq_path
 from mmxattn.errors import ConfigError, DataError
-from mmxattn.layers import TransformerEncoder, sinusoidal_positions
+from mmxattn.layers import Dropout, TransformerEncoder, sinusoidal_positions
 from mmxattn.registry import EncoderPlugin, Processor
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
@@ -287,7 +287,7 @@ class AudioEncoder(nn.Module):
         # fairseq multiplies the subsampler output by sqrt(d_model) before adding positions
         # (--no-scale-embedding turns that off, which makes the positions relatively stronger)
         self.scale = math.sqrt(d_model) if scale_input else 1.0
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.encoder = TransformerEncoder(d_model, num_layers, num_heads, ffn_dim, dropout)
         self.register_buffer("positions", sinusoidal_positions(1024, d_model), persistent=False)
 

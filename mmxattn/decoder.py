@@ -23,7 +23,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from .attention import KVCache, padding_mask_or_none
 from .context import Context
 from .fast_linear import InferenceLinear
-from .layers import DecoderLayer, sinusoidal_positions
+from .layers import DecoderLayer, Dropout, sinusoidal_positions
 
 
 _optimizer_steps = 0  # steps taken by any torch optimizer in this process
@@ -106,7 +106,7 @@ class TransformerDecoder(nn.Module):
         self.d_model, self.vocab_size = d_model, vocab_size
         self.embed = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
         self.embed_scale = math.sqrt(d_model)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.layers = nn.ModuleList(
             DecoderLayer(d_model, num_heads, ffn_dim, dropout, attn_dropout) for _ in range(num_layers)
         )

@@ -27,7 +27,7 @@ from .attention import KVCache, MultiHeadAttention, padding_mask_or_none
 from .context import Context
 from .decoder import DecoderState, TransformerDecoder
 from .errors import ConfigError
-from .layers import FeedForward
+from .layers import Dropout, FeedForward
 
 FUSION_MODES = ("concat", "gated")
 
@@ -118,7 +118,7 @@ class GatedDecoderLayer(nn.Module):
         self.self_attn = MultiHeadAttention(dim, num_heads, dropout=attn_dropout)
         self.cross_attn = GatedCrossAttention(dim, num_heads, sources, dropout=attn_dropout, gate_init=gate_init)
         self.ffn = FeedForward(dim, ffn_dim, dropout)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x, context, context_mask, spans, cache: KVCache | None = None, need_weights: bool = False):
         # x [N, T, D]; context: states [B, S, D] or their projected (K, V); context_mask [B, S] or None

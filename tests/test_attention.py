@@ -87,3 +87,18 @@ def test_beams_share_context_kv_without_copies(seeded):
     copied, w_copied = attn(x, ctx.repeat_interleave(3, 0), mask=mask.repeat_interleave(3, 0), need_weights=True)
     torch.testing.assert_close(shared, copied, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(w_shared, w_copied, atol=1e-6, rtol=1e-5)
+
+
+def test_dropout_keeps_one_minus_p_of_units_scaled_and_is_identity_in_eval():
+    from mmxattn.layers import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.25)
+    x = torch.ones(400, 500, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.005  # 200,000 draws: ±0.005 is > 5 standard deviations
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.75))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, y.detach())  # the gradient passes exactly through the kept units
+    assert torch.equal(drop.eval()(x), x)
