@@ -202,6 +202,11 @@ def main(argv=None) -> dict:
     t_ours, t_peer = common.time_pair(
         lambda: ours.step(batch), lambda: peer.step(batch), env.device, repeats=env.repeats + 2, warmup=env.warmup + 1
     )
+    # A shared machine's speed drifts over minutes: measure the peak again and keep the higher reading,
+    # so that a slow first reading cannot inflate the MFU.
+    peak_after = common.matmul_peak(env.device, env.dtype)
+    print(f"# matmul peak after the steps (measured): {peak_after / 1e9:,.1f} GFLOP/s; MFU uses the higher reading")
+    peak = max(peak, peak_after)
     flops = common.training_flops(env.size, batch_size, batch["src"].shape[1], batch["target_in"].shape[1])
     tokens = batch["useful"]
     print(f"\n# training step, batch {batch_size} × {length} tokens, fused AdamW, dropout 0.1, label smoothing 0.1")

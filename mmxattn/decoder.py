@@ -222,8 +222,7 @@ class TransformerDecoder(nn.Module):
             q = q_proj(_norm(layer.norm_cross, x)).view(b, groups, heads, head_dim).transpose(1, 2)  # [B,H,G,Dh]
             h = F.scaled_dot_product_attention(q, k_ctx, v_ctx, attn_mask=mask)
             x = x + cross_out(h.transpose(1, 2).reshape(n, d))
-            gelu = layer.ffn[1]
-            x = x + ffn_out(F.gelu(ffn_in(_norm(layer.norm_ffn, x)), approximate=gelu.approximate))
+            x = x + ffn_out(ffn_in.gelu(_norm(layer.norm_ffn, x), layer.ffn[1].approximate))
         state.position += 1
         return state.plan.output(_norm(self.norm, x)).view(n, 1, -1)
 

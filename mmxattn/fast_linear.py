@@ -63,6 +63,12 @@ class InferenceLinear:
     def of(cls, linear: torch.nn.Linear, rows: int | None) -> "InferenceLinear":
         return cls(linear.weight, linear.bias, rows)
 
+    def gelu(self, x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+        """gelu(x Wᵀ + b); with packed weights one oneDNN call, the activation applied as it writes."""
+        if self.packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "gelu", [], approximate)
+        return F.gelu(self(x), approximate=approximate)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # x [rows, in] -> [rows, out]
         if self.packed is not None:

@@ -174,7 +174,8 @@ class GatedFusionDecoder(TransformerDecoder):
         one-token step, which has no gated variant: every step here runs the layers' own forward."""
         spans = self._spans(context)
         cross_kv = [layer.cross_attn.project_context(context.states, spans) for layer in self.layers]
-        return GatedDecoderState([KVCache(capacity) for _ in self.layers], cross_kv, padding_mask_or_none(context.mask), spans=spans)
+        mask = padding_mask_or_none(context.mask)
+        return GatedDecoderState([KVCache(capacity) for _ in self.layers], cross_kv, mask, spans=spans)
 
     def compile_step(self, **options) -> None:
         raise ConfigError(
