@@ -1,8 +1,8 @@
 """Every side-by-side benchmark in one run: the tables of benchmarks/README.md.
 
-    python benchmarks/run_all.py                    # CPU fp32 (about 25 minutes on 2 cores)
+    python benchmarks/run_all.py                    # CPU fp32 (about 20 minutes on 2 cores)
     python benchmarks/run_all.py --device cuda      # GPU: bf16, larger batches
-    python benchmarks/run_all.py --quick            # tiny sizes: checks every script runs (CPU, ~3 minutes)
+    python benchmarks/run_all.py --quick            # tiny sizes: checks every script runs (CPU, ~7 minutes: compile_speed compiles)
 
 Options after the script name are passed to each benchmark (see `--help` of each).
 """
