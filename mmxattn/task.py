@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
 
 from pathlib import Path
 from typing import Callable
@@ -61,6 +63,18 @@ def lr_lambda(warmup: int, total: int | Callable[[], int], schedule: str, min_ra
     return factor
 
 
+def check_compiler(accelerator: str) -> None:
+    """torch.compile on CPU writes C++ and needs a compiler; without one it fails deep inside inductor."""
+    if accelerator != "cpu":
+        return
+    candidates = [os.environ.get("CXX") or "g++", "clang++"]
+    if not any(shutil.which(c) for c in candidates):
+        raise ConfigError(
+            f"compile.train / compile.decode=true on CPU need a C++ compiler, and none of {candidates} is on "
+            "PATH: install one (e.g. `apt install g++`), or set compile.train=false compile.decode=false"
+        )
+
+
 class Seq2SeqTask(L.LightningModule):
     def __init__(self, model: EncoderDecoder, tokenizers: Tokenizers, cfg: DictConfig):
         super().__init__()
@@ -77,6 +91,8 @@ class Seq2SeqTask(L.LightningModule):
             describe=self._describe_train_samples,
         )
         compile_cfg = cfg.get("compile") or {}
+        if compile_cfg.get("train") or compile_cfg.get("decode"):
+            check_compiler(cfg.trainer.get("accelerator", "cpu"))
         if compile_cfg.get("train"):
             model.compile()  # in place: the state dict and checkpoints keep their keys
         if compile_cfg.get("decode"):

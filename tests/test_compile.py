@@ -1,7 +1,8 @@
 """The torch.compile paths (`compile.train`, `compile.decode`) compute what the eager ones do.
 
 Compiling takes tens of seconds even for these tiny models, so each test compiles once and checks
-everything it can with that. Skipped where inductor has no C++ compiler (torch.compile on CPU needs one).
+everything it can with that. The compiling tests are skipped where there is no C++ compiler
+(torch.compile on CPU needs one).
 """
 
 import shutil
@@ -9,7 +10,6 @@ import shutil
 import pytest
 import torch
 
-from mmxattn.context import Context
 from mmxattn.data.datamodule import Seq2SeqDataModule
 from mmxattn.errors import ConfigError
 from mmxattn.generation import GenerationConfig, generate
@@ -18,13 +18,13 @@ from mmxattn.task import Seq2SeqTask
 
 from .test_fast_paths import reference_beam, reference_greedy, tiny_decoder_and_context
 
-pytestmark = [
-    pytest.mark.usefixtures("one_thread"),
-    pytest.mark.skipif(shutil.which("g++") is None and shutil.which("clang++") is None,
-                       reason="torch.compile on CPU needs a C++ compiler"),
-]
+pytestmark = pytest.mark.usefixtures("one_thread")
+needs_compiler = pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("clang++") is None, reason="torch.compile on CPU needs a C++ compiler"
+)
 
 
+@needs_compiler
 def test_compiled_decoding_gives_the_reference_tokens():
     decoder, context = tiny_decoder_and_context()
     decoder.compile_step()
@@ -36,6 +36,7 @@ def test_compiled_decoding_gives_the_reference_tokens():
     assert [[h.tokens for h in hyps] for hyps in got] == [[t for t, _ in hyps] for hyps in expected]
 
 
+@needs_compiler
 def test_compiled_training_forward_matches_eager(tiny_cfg):
     cfg = tiny_cfg("compile.train=true", "compile.decode=false", "decoder.dropout=0.0", "encoder.dropout=0.0")
     datamodule = Seq2SeqDataModule(cfg)
@@ -68,3 +69,12 @@ def test_gated_fusion_refuses_compile_decode():
     with pytest.raises(ConfigError, match="compile.decode=false"):
         decoder.compile_step()
 
+
+def test_compile_without_a_cpp_compiler_is_a_config_error(tiny_cfg, monkeypatch):
+    cfg = tiny_cfg("compile.train=true")
+    datamodule = Seq2SeqDataModule(cfg)
+    datamodule.prepare(("train",))
+    model = build_model(cfg, datamodule.tokenizers)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(ConfigError, match="need a C\\+\\+ compiler.*compile.train=false"):
+        Seq2SeqTask(model, datamodule.tokenizers, cfg)
