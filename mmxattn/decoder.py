@@ -7,7 +7,8 @@ keys/values are projected once per source and shared by every beam of that sourc
 A one-token step without autograd (what `generate` runs) takes a fast path, `_fast_step`: the same
 computation as the layers' forward, written out flat so that a step costs few Python calls, with the
 weights in the layout `fast_linear.InferenceLinear` found fastest for a few rows. tests/test_fast_paths.py
-checks that it decodes exactly the tokens of a full forward pass per step.
+checks that it decodes exactly the tokens of a full forward pass per step. `compile_step` (config
+`compile.decode`) runs it under torch.compile instead; on CPU that is slower, so it is off by default.
 """
 
 from __future__ import annotations

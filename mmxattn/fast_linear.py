@@ -17,6 +17,8 @@ oneDNN):
   [in, out] (transposed) copy about twice as fast as the [out, in] parameter when out ≥ in (512→1536,
   512→2048, 512→8000: 1.7-2.0×; for 2048→512 the parameter's own layout is faster, so it is kept).
 
+With packed weights an activation can run inside the same oneDNN call (`InferenceLinear.gelu`, the FFN).
+
 `InferenceLinear` holds whichever copy applies, made once per decode and reused for every step (the
 decoder caches them until a weight changes). It is used only without autograd; results equal `F.linear`
 up to float rounding (different summation order), which tests/test_fast_paths.py checks at the token level.

@@ -78,3 +78,20 @@ def test_compile_without_a_cpp_compiler_is_a_config_error(tiny_cfg, monkeypatch)
     monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(ConfigError, match="need a C\\+\\+ compiler.*compile.train=false"):
         Seq2SeqTask(model, datamodule.tokenizers, cfg)
+
+
+@needs_compiler
+@pytest.mark.slow  # compiles training, validation and decoding: about 3 minutes on 2 cores
+def test_mmx_train_with_compile_runs_end_to_end(tiny_corpus, tmp_path):
+    from .conftest import TINY
+    from .test_cli import run
+
+    run_dir = tmp_path / "run"
+    run(
+        "mmx-train", "recipe=translation/quickstart", *TINY, f"data.root={tiny_corpus}", "data.synthetic=null",
+        "trainer.max_epochs=2", "compile.train=true", "compile.decode=true", "generation.beam_size=2",
+        f"hydra.run.dir={run_dir}", cwd=tmp_path,
+    )
+    hypotheses = (run_dir / "test.hyp").read_text().splitlines()
+    assert len(hypotheses) == 24 and any(hypotheses)
+    assert "_orig_mod" not in "".join(torch.load(run_dir / "model.pt", weights_only=False)["state_dict"])
