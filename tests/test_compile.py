@@ -81,7 +81,7 @@ def test_compile_without_a_cpp_compiler_is_a_config_error(tiny_cfg, monkeypatch)
 
 
 @needs_compiler
-@pytest.mark.slow  # compiles training, validation and decoding: about 3 minutes on 2 cores
+@pytest.mark.slow  # compiles training, validation and decoding: about 4 minutes on 2 cores
 def test_mmx_train_with_compile_runs_end_to_end(tiny_corpus, tmp_path):
     from .conftest import TINY
     from .test_cli import run
