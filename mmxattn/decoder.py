@@ -23,7 +23,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .attention import KVCache, padding_mask_or_none
 from .context import Context
-from .fast_linear import InferenceLinear
+from .fast_linear import InferenceLinear, layout_for
 from .layers import DecoderLayer, Dropout, sinusoidal_positions
 
 
@@ -44,23 +44,25 @@ class DecodePlan:
     """The decoder's weights as the fast step uses them: each layer's linears as `InferenceLinear`s.
 
     Built by `TransformerDecoder.start` and kept on the decoder until a weight may have changed (any
-    optimizer step, an in-place write such as `load_state_dict`, `.to()`) or the thread count changes,
+    optimizer step, an in-place write such as `load_state_dict`, `.to()`) or a decode needs another layout,
     so repeated decodes pay for it once.
     """
 
-    def __init__(self, decoder: "TransformerDecoder", layout: tuple):
-        single_row, _, compiled = layout
-        rows = None if compiled else 1 if single_row else 2  # inductor cannot read oneDNN's packed weights
+    def __init__(self, decoder: "TransformerDecoder", layout: str):
         self.layout = layout
+
+        def copy(linear: nn.Linear) -> InferenceLinear:
+            return InferenceLinear.of(linear, layout)
+
         self.layers = [
             (
-                InferenceLinear.of(layer.self_attn.qkv_proj, rows), InferenceLinear.of(layer.self_attn.out_proj, rows),
-                InferenceLinear.of(layer.cross_attn.q_proj, rows), InferenceLinear.of(layer.cross_attn.out_proj, rows),
-                InferenceLinear.of(layer.ffn[0], rows), InferenceLinear.of(layer.ffn[3], rows),
+                copy(layer.self_attn.qkv_proj), copy(layer.self_attn.out_proj),
+                copy(layer.cross_attn.q_proj), copy(layer.cross_attn.out_proj),
+                copy(layer.ffn[0]), copy(layer.ffn[3]),
             )
             for layer in decoder.layers
         ]
-        self.output = InferenceLinear.of(decoder.output, rows)
+        self.output = copy(decoder.output)
         self.key = decoder._weights_key()
 
 
@@ -153,8 +155,8 @@ class TransformerDecoder(nn.Module):
         cross_kv = [
             tuple(t.contiguous() for t in layer.cross_attn.project_context(context.states)) for layer in self.layers
         ]
-        single_row = (rows or context.states.shape[0]) == 1
-        plan = self._plan(_layout(single_row, compiled=self._compiled_step is not None)) if fast else None
+        layout = layout_for(rows or context.states.shape[0], compiled=self._compiled_step is not None)
+        plan = self._plan(layout) if fast else None
         mask = padding_mask_or_none(context.mask)
         return DecoderState([KVCache(capacity) for _ in self.layers], cross_kv, mask, plan=plan)
 
@@ -178,7 +180,7 @@ class TransformerDecoder(nn.Module):
     def _weights_key(self) -> tuple:
         return _optimizer_steps, tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
 
-    def _plan(self, layout: tuple) -> DecodePlan:
+    def _plan(self, layout: str) -> DecodePlan:
         plan = getattr(self, "_cached_plan", None)
         if plan is None or plan.layout != layout or plan.key != self._weights_key():
             with torch.no_grad():
@@ -226,11 +228,6 @@ class TransformerDecoder(nn.Module):
             x = x + ffn_out(ffn_in.gelu(_norm(layer.norm_ffn, x), layer.ffn[1].approximate))
         state.position += 1
         return state.plan.output(_norm(self.norm, x)).view(n, 1, -1)
-
-
-def _layout(single_row: bool, compiled: bool) -> tuple[bool, int, bool]:
-    # InferenceLinear's choice of weight copy depends on the rows per step and, for one row, the threads
-    return single_row, torch.get_num_threads() if single_row else 0, compiled
 
 
 def _norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:

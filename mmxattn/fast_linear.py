@@ -45,25 +45,34 @@ PACKING_ROWS_HINT = 128
 PACKING_MIN_WEIGHTS = 256 * 256
 
 
-class InferenceLinear:
-    """y = x Wᵀ + b for x [rows, in], with W stored the way this device multiplies `rows` rows fastest."""
+def layout_for(rows: int, *, compiled: bool = False) -> str:
+    """The weight copy that multiplies `rows` rows per step fastest here: "packed", "transposed" or "plain".
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int | None):
-        """rows: 1, or 2 for any more; None keeps the plain weights (F.linear)."""
+    torch.compile gets "plain": inductor cannot lower oneDNN's packed weights.
+    """
+    if compiled:
+        return "plain"
+    return "transposed" if rows == 1 and torch.get_num_threads() == 1 else "packed"
+
+
+class InferenceLinear:
+    """y = x Wᵀ + b for x [rows, in], with W stored in `layout` (see `layout_for`) where it applies."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, layout: str):
         self.weight, self.bias = weight.detach(), None if bias is None else bias.detach()
         self.transposed = self.packed = None
-        if rows is None or weight.device.type != "cpu" or weight.dtype != torch.float32:
+        if layout == "plain" or weight.device.type != "cpu" or weight.dtype != torch.float32:
             return  # GPUs (cuBLAS) and bf16 are served well by F.linear
         out_dim, in_dim = weight.shape
-        if rows == 1 and torch.get_num_threads() == 1:
+        if layout == "transposed":
             if out_dim >= in_dim:
                 self.transposed = self.weight.t().contiguous()  # [in, out]
         elif ONEDNN and weight.numel() >= PACKING_MIN_WEIGHTS:
             self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, PACKING_ROWS_HINT)
 
     @classmethod
-    def of(cls, linear: torch.nn.Linear, rows: int | None) -> "InferenceLinear":
-        return cls(linear.weight, linear.bias, rows)
+    def of(cls, linear: torch.nn.Linear, layout: str) -> "InferenceLinear":
+        return cls(linear.weight, linear.bias, layout)
 
     def gelu(self, x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
         """gelu(x Wᵀ + b); with packed weights one oneDNN call, the activation applied as it writes."""

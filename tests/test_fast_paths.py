@@ -145,13 +145,13 @@ def test_step_with_weights_gives_the_same_logits(decoder_and_context):
     assert len(weights) == 2 and weights[0].shape == (8, 4, 1, 7)
 
 
-@pytest.mark.parametrize("rows", [1, 2, None])
+@pytest.mark.parametrize("layout", ["transposed", "packed", "plain"])
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
-def test_inference_linear_equals_f_linear_in_every_layout(monkeypatch, rows, approximate):
+def test_inference_linear_equals_f_linear_in_every_layout(monkeypatch, layout, approximate):
     monkeypatch.setattr(fast_linear, "PACKING_MIN_WEIGHTS", 0)
     torch.manual_seed(0)
     weight, bias = torch.randn(48, 32), torch.randn(48)
-    linear = fast_linear.InferenceLinear(weight, bias, rows)
+    linear = fast_linear.InferenceLinear(weight, bias, layout)
     for x in (torch.randn(1, 32), torch.randn(5, 32)):
         expected = torch.nn.functional.linear(x, weight, bias)
         torch.testing.assert_close(linear(x), expected, rtol=1e-5, atol=1e-5)
