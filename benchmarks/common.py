@@ -26,6 +26,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 import torch
 
+from mmxattn.cpu_allocator import keep_freed_memory
 from mmxattn.model import EncoderDecoder, build_model
 from mmxattn.tokenizer import BOS, EOS, PAD
 
@@ -55,8 +56,13 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 
 
 def setup(args: argparse.Namespace) -> SimpleNamespace:
-    """Fix threads and seed; resolve device, dtype and model size from the command line."""
+    """Fix threads, seed and malloc settings; resolve device, dtype and model size from the command line.
+
+    The malloc settings are the ones every mmx-* command uses (`keep_freed_memory`); they hold for the
+    whole process, so the peer runs with them too (its training step gains more from them than ours).
+    """
     torch.set_num_threads(args.threads)
+    kept = keep_freed_memory()
     torch.manual_seed(0)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda was asked for, but torch sees no CUDA device")
@@ -66,7 +72,7 @@ def setup(args: argparse.Namespace) -> SimpleNamespace:
         torch.backends.cuda.matmul.allow_tf32 = True
     return SimpleNamespace(
         device=torch.device(args.device), dtype=dtype, dtype_name=dtype_name, size=SMALL if args.quick else BASE,
-        repeats=1 if args.quick else args.repeats, warmup=1, quick=args.quick,
+        repeats=1 if args.quick else args.repeats, warmup=1, quick=args.quick, keeps_freed_memory=kept,
     )
 
 
@@ -89,6 +95,7 @@ def header(title: str, env: SimpleNamespace) -> None:
     print(f"# {title}")
     print(f"# {datetime.date.today()}  {hardware()}")
     print(f"# device {env.device}, {env.dtype_name}, size {env.size}; load average at start {load:.2f}")
+    print(f"# malloc keeps freed memory (mmxattn.cpu_allocator, both sides): {'yes' if env.keeps_freed_memory else 'no'}")
 
 
 # --------------------------------------------------------------------------------------------- timing
@@ -119,6 +126,26 @@ def time_pair(
         times_a.append(time_once(fn_a, device))
         times_b.append(time_once(fn_b, device))
     return statistics.median(times_a), statistics.median(times_b)
+
+
+def time_pair_at_peak(
+    fn_a: Callable[[], object], fn_b: Callable[[], object], env: SimpleNamespace, *, repeats: int, warmup: int = 1
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """Like `time_pair`, with a matmul-peak reading taken right before each timed run: (seconds, peak) lists.
+
+    For utilisation figures. This machine's peak reading moves between 120 and 190 GFLOP/s within a
+    minute (other tenants, clock boost), so a ratio of a step time to a peak read a minute apart says
+    more about that drift than about the step; a reading just before each step tracks it.
+    """
+    for _ in range(warmup):
+        fn_a()
+        fn_b()
+    runs_a, runs_b = [], []
+    for _ in range(repeats):
+        for fn, runs in ((fn_a, runs_a), (fn_b, runs_b)):
+            peak = matmul_peak(env.device, env.dtype, repeats=3)
+            runs.append((time_once(fn, env.device), peak))
+    return runs_a, runs_b
 
 
 def time_median(fn: Callable[[], object], device: torch.device, *, repeats: int, warmup: int = 1) -> float:

@@ -6,7 +6,8 @@
 
 1. Step speed: one optimizer step (forward, label-smoothed cross-entropy, backward, AdamW) of mmxattn and
    of a same-sized transformers Marian model on the same batch (32 × 30 tokens by default).
-2. MFU: the model FLOPs of that step ÷ its time ÷ the matmul peak measured in this run.
+2. MFU: the model FLOPs of that step ÷ its time ÷ the matmul peak, read right before each timed step
+   (the median over the steps).
 3. Useful tokens/s on Multi30k (`--multi30k`, default ../shared/data/multi30k): the same mmxattn model fed
    (a) fixed-size batches in random order, the common setup, and (b) mmxattn's token-budget,
    length-bucketed batches (`TokenBudgetBatchSampler`) with a budget equal to (a)'s mean padded size.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import statistics
 import sys
 from pathlib import Path
 
@@ -195,29 +197,25 @@ def main(argv=None) -> dict:
     length = 8 if env.quick else args.length
 
     common.header("training efficiency: mmxattn vs transformers (Marian, same size)", env)
-    peak = common.matmul_peak(env.device, env.dtype)
-    print(f"# matmul peak (measured): {peak / 1e9:,.1f} GFLOP/s")
     ours, peer = make_trainer("mmxattn", env), make_trainer("transformers", env)
     batch = random_batch(batch_size, length, env.size.vocab, env.device)
-    t_ours, t_peer = common.time_pair(
-        lambda: ours.step(batch), lambda: peer.step(batch), env.device, repeats=env.repeats + 2, warmup=env.warmup + 1
+    runs_ours, runs_peer = common.time_pair_at_peak(
+        lambda: ours.step(batch), lambda: peer.step(batch), env, repeats=env.repeats + 2, warmup=env.warmup + 1
     )
-    # A shared machine's speed drifts over minutes: measure the peak again and keep the higher reading,
-    # so that a slow first reading cannot inflate the MFU.
-    peak_after = common.matmul_peak(env.device, env.dtype)
-    print(f"# matmul peak after the steps (measured): {peak_after / 1e9:,.1f} GFLOP/s; MFU uses the higher reading")
-    peak = max(peak, peak_after)
     flops = common.training_flops(env.size, batch_size, batch["src"].shape[1], batch["target_in"].shape[1])
+    t_ours, t_peer = (statistics.median(t for t, _ in runs) for runs in (runs_ours, runs_peer))
+    mfu_ours, mfu_peer = (statistics.median(flops / t / peak for t, peak in runs) for runs in (runs_ours, runs_peer))
+    peaks = [peak for _, peak in runs_ours + runs_peer]
     tokens = batch["useful"]
+    print(f"# matmul peak read before each timed step (fastest of 3 large square matmuls): "
+          f"{min(peaks) / 1e9:,.0f}-{max(peaks) / 1e9:,.0f} GFLOP/s; MFU is the median of the per-step ratios")
     print(f"\n# training step, batch {batch_size} × {length} tokens, fused AdamW, dropout 0.1, label smoothing 0.1")
     print("| | mmxattn | transformers | ratio |")
     print("|---|---:|---:|---:|")
     print(f"| step time (ms) | {1e3 * t_ours:,.0f} | {1e3 * t_peer:,.0f} | {t_peer / t_ours:.2f}× |")
     print(f"| target tokens/s | {common.fmt_rate(tokens / t_ours)} | {common.fmt_rate(tokens / t_peer)} | |")
-    print(f"| MFU (model FLOPs ÷ time ÷ matmul peak) | {100 * flops / t_ours / peak:.1f}% "
-          f"| {100 * flops / t_peer / peak:.1f}% | |", flush=True)
-    result = dict(step_ours=t_ours, step_peer=t_peer, ratio=t_peer / t_ours, mfu=flops / t_ours / peak,
-                  mfu_peer=flops / t_peer / peak)
+    print(f"| MFU (model FLOPs ÷ time ÷ matmul peak) | {100 * mfu_ours:.1f}% | {100 * mfu_peer:.1f}% | |", flush=True)
+    result = dict(step_ours=t_ours, step_peer=t_peer, ratio=t_peer / t_ours, mfu=mfu_ours, mfu_peer=mfu_peer)
     del ours, peer
     result["multi30k"] = multi30k_comparison(args, env)
     return result

@@ -8,6 +8,7 @@ import json
 from omegaconf import OmegaConf
 
 from ..checkpoint import load_for_inference
+from ..cpu_allocator import keep_freed_memory
 from ..data.datamodule import Seq2SeqDataModule
 from ..errors import ConfigError
 from ..evaluate import score_split
@@ -40,6 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     setup_logging()
+    keep_freed_memory()
     model, tokenizers, cfg = load_for_inference(args.checkpoint, args.device)
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(args.overrides))

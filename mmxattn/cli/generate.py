@@ -10,6 +10,7 @@ import torch
 
 from .. import registry
 from ..checkpoint import load_for_inference
+from ..cpu_allocator import keep_freed_memory
 from ..data.speech import resolve_audio
 from ..errors import DataError, MmxError
 from ..generation import generate
@@ -103,6 +104,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     setup_logging()
+    keep_freed_memory()
     model, tokenizers, cfg = load_for_inference(args.checkpoint, args.device)
     sources = encoder_configs(cfg)
     if len(sources) != 1:

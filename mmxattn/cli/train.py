@@ -9,6 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 from .. import hydra_search
+from ..cpu_allocator import keep_freed_memory
 from ..train import rank_config_from_env, train
 from .common import setup_logging, user_errors_exit
 
@@ -47,6 +48,7 @@ def check_recipe_argument(argv: list[str]) -> None:
 
 
 def main() -> None:
+    keep_freed_memory()
     relaunched = rank_config_from_env()
     if relaunched is not None:  # a DDP rank that Lightning started: run rank 0's job, not the command line
         setup_logging()
