@@ -180,23 +180,8 @@ def multi30k_comparison(args, env) -> dict | None:
                 fixed_padding=fixed_pad, bucketed_padding=bucket_pad)
 
 
-# ------------------------------------------------------------------------------------------- main
-
-
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(parser)
-    parser.add_argument("--batch", type=int, default=None, help="sentences per step (default 32; cuda 128)")
-    parser.add_argument("--length", type=int, default=30, help="source and target tokens per sentence")
-    parser.add_argument("--multi30k", default=str(DEFAULT_MULTI30K), help="folder with train.{en,de}.gz")
-    parser.add_argument("--multi30k-batch", type=int, default=32, help="sentences per fixed-size batch")
-    parser.add_argument("--multi30k-steps", type=int, default=12, help="timed steps per batching")
-    args = parser.parse_args(argv)
-    env = common.setup(args)
-    batch_size = args.batch or (4 if env.quick else 128 if env.device.type == "cuda" else 32)
-    length = 8 if env.quick else args.length
-
-    common.header("training efficiency: mmxattn vs transformers (Marian, same size)", env)
+def step_comparison(env, batch_size: int, length: int) -> dict:
+    """Both training steps on one random batch, each timed right after a matmul-peak reading."""
     ours, peer = make_trainer("mmxattn", env), make_trainer("transformers", env)
     batch = random_batch(batch_size, length, env.size.vocab, env.device)
     runs_ours, runs_peer = common.time_pair_at_peak(
@@ -215,8 +200,27 @@ def main(argv=None) -> dict:
     print(f"| step time (ms) | {1e3 * t_ours:,.0f} | {1e3 * t_peer:,.0f} | {t_peer / t_ours:.2f}× |")
     print(f"| target tokens/s | {common.fmt_rate(tokens / t_ours)} | {common.fmt_rate(tokens / t_peer)} | |")
     print(f"| MFU (model FLOPs ÷ time ÷ matmul peak) | {100 * mfu_ours:.1f}% | {100 * mfu_peer:.1f}% | |", flush=True)
-    result = dict(step_ours=t_ours, step_peer=t_peer, ratio=t_peer / t_ours, mfu=mfu_ours, mfu_peer=mfu_peer)
-    del ours, peer
+    return dict(step_ours=t_ours, step_peer=t_peer, ratio=t_peer / t_ours, mfu=mfu_ours, mfu_peer=mfu_peer)
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_common_args(parser)
+    parser.add_argument("--batch", type=int, default=None, help="sentences per step (default 32; cuda 128)")
+    parser.add_argument("--length", type=int, default=30, help="source and target tokens per sentence")
+    parser.add_argument("--multi30k", default=str(DEFAULT_MULTI30K), help="folder with train.{en,de}.gz")
+    parser.add_argument("--multi30k-batch", type=int, default=32, help="sentences per fixed-size batch")
+    parser.add_argument("--multi30k-steps", type=int, default=12, help="timed steps per batching")
+    args = parser.parse_args(argv)
+    env = common.setup(args)
+    batch_size = args.batch or (4 if env.quick else 128 if env.device.type == "cuda" else 32)
+    length = 8 if env.quick else args.length
+
+    common.header("training efficiency: mmxattn vs transformers (Marian, same size)", env)
+    result = step_comparison(env, batch_size, length)  # both models are freed before the Multi30k part
     result["multi30k"] = multi30k_comparison(args, env)
     return result
 
