@@ -39,7 +39,7 @@ class Dropout(nn.Dropout):
         n = x.numel()
         bits = torch.empty((n + 1) // 2, dtype=torch.int32).random_()  # values in [0, 2^31): 31 random bits
         draws = bits.view(torch.int16)[:n].view(x.shape).bitwise_and_(self.LEVELS - 1)  # 15 bits each
-        dropped = round(self.p * self.LEVELS)
+        dropped = min(round(self.p * self.LEVELS), self.LEVELS - 1)
         keep = draws >= dropped
         return x * keep.to(x.dtype).mul_(self.LEVELS / (self.LEVELS - dropped))
 
