@@ -133,7 +133,7 @@ def time_pair_at_peak(
 ) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
     """Like `time_pair`, with a matmul-peak reading taken right before each timed run: (seconds, peak) lists.
 
-    For utilisation figures. This machine's peak reading moves between 120 and 190 GFLOP/s within a
+    For utilisation figures. This machine's peak reading moves between 120 and 200 GFLOP/s within a
     minute (other tenants, clock boost), so a ratio of a step time to a peak read a minute apart says
     more about that drift than about the step; a reading just before each step tracks it.
     """

@@ -28,15 +28,21 @@ def _user_set_malloc_options() -> bool:
     )
 
 
+def glibc() -> ctypes.CDLL | None:
+    """The C library this process uses, if it is glibc (musl and others: mallopt absent or a stub)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None)
+    return libc if hasattr(libc, "gnu_get_libc_version") else None
+
+
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds for this process; True if they were changed.
 
-    No-op (False) off Linux, on a C library other than glibc, or when the user set malloc options.
-    The process's resident memory then stays near its peak instead of shrinking between steps.
+    No-op (False) without glibc, or when the user set malloc options. The process's resident memory
+    then stays near its peak instead of shrinking between steps.
     """
-    if not sys.platform.startswith("linux") or _user_set_malloc_options():
-        return False
-    libc = ctypes.CDLL(None)  # the C library this process already uses
-    if not hasattr(libc, "gnu_get_libc_version"):  # musl and others: mallopt absent or a stub
+    libc = glibc()
+    if libc is None or _user_set_malloc_options():
         return False
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))

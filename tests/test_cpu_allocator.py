@@ -1,17 +1,13 @@
 """keep_freed_memory: raises glibc's malloc thresholds, and leaves a user's own malloc settings alone."""
 
-import ctypes
 import os
-import sys
 
 import pytest
 
-from mmxattn.cpu_allocator import keep_freed_memory
-
-glibc = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
+from mmxattn.cpu_allocator import glibc, keep_freed_memory
 
 
-@pytest.mark.skipif(not glibc, reason="mallopt is glibc's")
+@pytest.mark.skipif(glibc() is None, reason="mallopt is glibc's")
 def test_keep_freed_memory_applies_on_glibc(monkeypatch):
     for key in [k for k in os.environ if k.startswith("MALLOC_")] + ["GLIBC_TUNABLES"]:
         monkeypatch.delenv(key, raising=False)
