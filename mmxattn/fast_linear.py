@@ -10,12 +10,13 @@ oneDNN):
   format from a row-count hint; hints of 128 and up gave the fastest format at every row count tried
   (5, 32, 160), so one packed copy serves every batch size. A oneDNN call costs ~10 µs more than
   `F.linear`, so small weights (under 256×256, tiny test models) stay with `F.linear`.
-- 1 row (greedy decoding of one source) is a matrix-vector product, bound by reading the weights. With
-  2 threads the packed copy streams them fastest too: the whole Transformer-base step at 15 GB/s
-  against 12 GB/s for MKL on the best plain layout, greedy decoding 96-103 tokens/s against 78-86.
-  With 1 thread MKL's matrix-vector product is the faster one (80 against 67 tokens/s), and it reads a
-  [in, out] (transposed) copy about twice as fast as the [out, in] parameter when out ≥ in (512→1536,
-  512→2048, 512→8000: 1.7-2.0×; for 2048→512 the parameter's own layout is faster, so it is kept).
+- 1 row (greedy decoding of one source) is a matrix-vector product, bound by reading the weights.
+  `F.linear`, `torch.mv` and a oneDNN-packed copy all stream them at 10-20 GB/s, half of what a plain
+  `sum` over the same matrices reaches. A batched product over the weight split into blocks of rows,
+  `bmm(W.view(k, out/k, in), x)`, reads them at 31-43 GB/s with 2 threads (24 GB/s with 1 thread, against
+  13-15 for the best single-thread layout): MKL's batched kernel is a better matrix-vector product than
+  the one its plain product falls back to. The split is a view, so it costs no memory; one block per
+  thread (at least 2), where the output size allows.
 
 With packed weights an activation can run inside the same oneDNN call (`InferenceLinear.gelu`, the FFN).
 
@@ -46,13 +47,12 @@ PACKING_MIN_WEIGHTS = 256 * 256
 
 
 def layout_for(rows: int, *, compiled: bool = False) -> str:
-    """The weight copy that multiplies `rows` rows per step fastest here: "packed", "transposed" or "plain".
+    """The weight copy that multiplies `rows` rows per step fastest here: "packed" or "plain".
 
-    torch.compile gets "plain": inductor cannot lower oneDNN's packed weights.
+    One row needs no copy (see `InferenceLinear.__call__`). torch.compile gets "plain": inductor cannot
+    lower oneDNN's packed weights.
     """
-    if compiled:
-        return "plain"
-    return "transposed" if rows == 1 and torch.get_num_threads() == 1 else "packed"
+    return "plain" if compiled or rows == 1 else "packed"
 
 
 class InferenceLinear:
@@ -60,14 +60,15 @@ class InferenceLinear:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, layout: str):
         self.weight, self.bias = weight.detach(), None if bias is None else bias.detach()
-        self.transposed = self.packed = None
-        if layout == "plain" or weight.device.type != "cpu" or weight.dtype != torch.float32:
+        self.row_blocks = self.packed = None
+        if weight.device.type != "cpu" or weight.dtype != torch.float32:
             return  # GPUs (cuBLAS) and bf16 are served well by F.linear
         out_dim, in_dim = weight.shape
-        if layout == "transposed":
-            if out_dim >= in_dim:
-                self.transposed = self.weight.t().contiguous()  # [in, out]
-        elif ONEDNN and weight.numel() >= PACKING_MIN_WEIGHTS:
+        blocks = max(2, torch.get_num_threads())
+        if out_dim % blocks == 0:
+            self.row_blocks = self.weight.view(blocks, out_dim // blocks, in_dim)  # a view: no copy
+            self.bias_blocks = None if bias is None else self.bias.view(blocks, out_dim // blocks, 1)
+        if layout == "packed" and ONEDNN and weight.numel() >= PACKING_MIN_WEIGHTS:
             self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, PACKING_ROWS_HINT)
 
     @classmethod
@@ -76,14 +77,20 @@ class InferenceLinear:
 
     def gelu(self, x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
         """gelu(x Wᵀ + b); with packed weights one oneDNN call, the activation applied as it writes."""
-        if self.packed is not None:
+        if self.packed is not None and x.shape[0] > 1:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "gelu", [], approximate)
         return F.gelu(self(x), approximate=approximate)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # x [rows, in] -> [rows, out]
+        if self.row_blocks is not None and x.shape[0] == 1:
+            blocks = self.row_blocks.shape[0]
+            column = x.t().expand(blocks, -1, -1)  # [k, in, 1], the one row shared by every block
+            y = (
+                torch.bmm(self.row_blocks, column) if self.bias is None
+                else torch.baddbmm(self.bias_blocks, self.row_blocks, column)
+            )  # [k, out/k, 1]
+            return y.view(1, -1)
         if self.packed is not None:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-        if self.transposed is not None and x.shape[0] == 1:
-            return x @ self.transposed if self.bias is None else torch.addmm(self.bias, x, self.transposed)
         return F.linear(x, self.weight, self.bias)
