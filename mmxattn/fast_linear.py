@@ -75,15 +75,18 @@ class InferenceLinear:
     def of(cls, linear: torch.nn.Linear, layout: str) -> "InferenceLinear":
         return cls(linear.weight, linear.bias, layout)
 
+    def _by_row_blocks(self, x: torch.Tensor) -> bool:
+        return self.row_blocks is not None and x.shape[0] == 1
+
     def gelu(self, x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
         """gelu(x Wᵀ + b); with packed weights one oneDNN call, the activation applied as it writes."""
-        if self.packed is not None and x.shape[0] > 1:
+        if self.packed is not None and not self._by_row_blocks(x):
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "gelu", [], approximate)
         return F.gelu(self(x), approximate=approximate)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # x [rows, in] -> [rows, out]
-        if self.row_blocks is not None and x.shape[0] == 1:
+        if self._by_row_blocks(x):
             blocks = self.row_blocks.shape[0]
             column = x.t().expand(blocks, -1, -1)  # [k, in, 1], the one row shared by every block
             y = (
