@@ -47,12 +47,14 @@ PACKING_MIN_WEIGHTS = 256 * 256
 
 
 def layout_for(rows: int, *, compiled: bool = False) -> str:
-    """The weight copy that multiplies `rows` rows per step fastest here: "packed" or "plain".
+    """How to multiply `rows` rows per step fastest here: "packed", "row_blocks" or "plain" (`F.linear`).
 
-    One row needs no copy (see `InferenceLinear.__call__`). torch.compile gets "plain": inductor cannot
-    lower oneDNN's packed weights.
+    "packed" also takes the row-block path when the live rows drop to one. torch.compile gets "plain":
+    inductor cannot lower oneDNN's packed weights, and the row-block views make dynamo recompile.
     """
-    return "plain" if compiled or rows == 1 else "packed"
+    if compiled:
+        return "plain"
+    return "row_blocks" if rows == 1 else "packed"
 
 
 class InferenceLinear:
@@ -65,7 +67,7 @@ class InferenceLinear:
             return  # GPUs (cuBLAS) and bf16 are served well by F.linear
         out_dim, in_dim = weight.shape
         blocks = max(2, torch.get_num_threads())
-        if out_dim % blocks == 0:
+        if layout != "plain" and out_dim % blocks == 0:
             self.row_blocks = self.weight.view(blocks, out_dim // blocks, in_dim)  # a view: no copy
             self.bias_blocks = None if bias is None else self.bias.view(blocks, out_dim // blocks, 1)
         if layout == "packed" and ONEDNN and weight.numel() >= PACKING_MIN_WEIGHTS:
