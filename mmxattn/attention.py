@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fast_linear import Linear
+
 
 class KVCache:
     """Self-attention keys/values of the positions decoded so far, in preallocated buffers.
@@ -122,11 +124,11 @@ class MultiHeadAttention(nn.Module):
         self.is_cross = dim_context is not None
         self.dropout = dropout
         if self.is_cross:
-            self.q_proj = nn.Linear(dim, dim)
-            self.kv_proj = nn.Linear(dim_context, 2 * dim)
+            self.q_proj = Linear(dim, dim)
+            self.kv_proj = Linear(dim_context, 2 * dim)
         else:
-            self.qkv_proj = nn.Linear(dim, 3 * dim)
-        self.out_proj = nn.Linear(dim, dim)
+            self.qkv_proj = Linear(dim, 3 * dim)
+        self.out_proj = Linear(dim, dim)
 
     def _heads(self, x: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
         # [N, T, parts*D] -> parts × [N, H, T, Dh]

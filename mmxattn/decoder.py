@@ -19,25 +19,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .attention import KVCache, padding_mask_or_none
 from .context import Context
-from .fast_linear import InferenceLinear, layout_for
+from .fast_linear import InferenceLinear, Linear, layout_for, optimizer_steps
 from .layers import DecoderLayer, Dropout, sinusoidal_positions
-
-
-_optimizer_steps = 0  # steps taken by any torch optimizer in this process
-
-
-def _count_optimizer_step(optimizer, args, kwargs) -> None:
-    global _optimizer_steps
-    _optimizer_steps += 1
-
-
-# Fused optimizers (AdamW(fused=True), Lightning's default on GPU) update weights in place without
-# bumping their version counters, so the decode plan's key counts optimizer steps as well.
-register_optimizer_step_post_hook(_count_optimizer_step)
 
 
 class DecodePlan:
@@ -51,8 +37,8 @@ class DecodePlan:
     def __init__(self, decoder: "TransformerDecoder", layout: str):
         self.layout = layout
 
-        def copy(linear: nn.Linear) -> InferenceLinear:
-            return InferenceLinear.of(linear, layout)
+        def copy(linear: Linear) -> InferenceLinear:
+            return InferenceLinear(linear, layout)
 
         self.layers = [
             (
@@ -114,7 +100,7 @@ class TransformerDecoder(nn.Module):
             DecoderLayer(d_model, num_heads, ffn_dim, dropout, attn_dropout) for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(d_model)
-        self.output = nn.Linear(d_model, vocab_size, bias=False)
+        self.output = Linear(d_model, vocab_size, bias=False)
         nn.init.normal_(self.embed.weight, std=d_model**-0.5)
         if tie_embeddings:
             self.output.weight = self.embed.weight
@@ -177,8 +163,12 @@ class TransformerDecoder(nn.Module):
         """
         self._cached_plan = None
 
+    def __getstate__(self) -> dict:
+        # copy.deepcopy and pickling cannot read packed (opaque) weights; a copy makes its own plan
+        return {k: v for k, v in super().__getstate__().items() if k != "_cached_plan"}
+
     def _weights_key(self) -> tuple:
-        return _optimizer_steps, tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
+        return optimizer_steps(), tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
 
     def _plan(self, layout: str) -> DecodePlan:
         plan = getattr(self, "_cached_plan", None)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .attention import KVCache, MultiHeadAttention, padding_mask_or_none
+from .fast_linear import Linear
 
 
 def sinusoidal_positions(length: int, dim: int, offset: int = 0, device=None) -> torch.Tensor:
@@ -46,7 +47,7 @@ class Dropout(nn.Dropout):
 
 class FeedForward(nn.Sequential):
     def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0):
-        super().__init__(nn.Linear(dim, hidden_dim), nn.GELU(), Dropout(dropout), nn.Linear(hidden_dim, dim))
+        super().__init__(Linear(dim, hidden_dim), nn.GELU(), Dropout(dropout), Linear(hidden_dim, dim))
 
 
 class EncoderLayer(nn.Module):

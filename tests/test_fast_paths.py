@@ -5,6 +5,8 @@ over the whole prefix (no key/value cache), every beam gets its own copy of the 
 each source is decoded on its own (no batching, no dropping of finished rows), in plain Python.
 """
 
+import copy
+
 import lightning as L
 import pytest
 import torch
@@ -151,14 +153,51 @@ def test_step_with_weights_gives_the_same_logits(decoder_and_context):
 def test_inference_linear_equals_f_linear_in_every_layout(monkeypatch, layout, approximate, out_dim):
     monkeypatch.setattr(fast_linear, "PACKING_MIN_WEIGHTS", 0)
     torch.manual_seed(0)
-    weight, bias = torch.randn(out_dim, 32), torch.randn(out_dim)
-    linear = fast_linear.InferenceLinear(weight, bias, layout)
+    module = fast_linear.Linear(32, out_dim).eval()
+    linear = fast_linear.InferenceLinear(module, layout)
     assert (linear.row_blocks is not None) == (layout != "plain" and out_dim % 2 == 0)
+    assert (linear.packed is not None) == (layout == "packed" and fast_linear.ONEDNN)
     for x in (torch.randn(1, 32), torch.randn(5, 32)):
-        expected = torch.nn.functional.linear(x, weight, bias)
+        expected = torch.nn.functional.linear(x, module.weight.detach(), module.bias.detach())
         torch.testing.assert_close(linear(x), expected, rtol=1e-5, atol=1e-5)
         gelu = torch.nn.functional.gelu(expected, approximate=approximate)
         torch.testing.assert_close(linear.gelu(x, approximate), gelu, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not fast_linear.ONEDNN, reason="this torch build cannot pack weights for oneDNN")
+def test_linear_packs_its_weight_only_for_evaluation_and_follows_weight_changes(monkeypatch):
+    monkeypatch.setattr(fast_linear, "PACKING_MIN_WEIGHTS", 0)
+    torch.manual_seed(0)
+    linear, x = fast_linear.Linear(32, 48), torch.randn(2, 5, 32)  # x [N, T, in]
+
+    def check(expect_packed: bool) -> None:
+        expected = torch.nn.functional.linear(x, linear.weight, linear.bias)
+        torch.testing.assert_close(linear(x), expected, rtol=1e-5, atol=1e-5)
+        assert (linear._packed is not None) == expect_packed
+
+    check(False)  # training, autograd on
+    linear.eval()
+    check(False)  # autograd on: gradients must flow through the module's own weight
+    with torch.no_grad():
+        check(True)
+        packed = linear.packed_weight()
+        torch.optim.SGD(linear.parameters(), lr=1.0).step()  # no gradients: nothing changes, but a step counts
+        assert linear.packed_weight() is not packed
+        linear.weight.mul_(-2.0)  # an in-place write: the copy is remade from the new weight
+        check(True)
+        copied = copy.deepcopy(linear)  # the opaque packed tensor is not copied; the copy packs its own
+        assert copied._packed is None
+        torch.testing.assert_close(copied(x), linear(x), rtol=0, atol=0)
+    linear.train()
+    assert linear._packed is None, "training holds no packed copy"
+
+
+def test_a_decoder_that_has_decoded_can_be_copied(decoder_and_context):
+    """Lightning's weight averaging and users deep-copy models; the cached decode plan must not stop them."""
+    decoder, context = decoder_and_context
+    cfg = GenerationConfig(strategy="greedy", max_len=6)
+    tokens = [h[0].tokens for h in generate(decoder, context, cfg)]
+    assert [h[0].tokens for h in generate(copy.deepcopy(decoder), context, cfg)] == tokens
 
 
 def test_kv_cache_reorder_and_drop_rows_keep_the_right_history():
