@@ -1,9 +1,9 @@
-"""Linear layers laid out for incremental decoding, where a matmul has only a few rows (the live hypotheses).
+"""Linear layers for inference on CPU: weights stored the way a product with few rows reads them fastest.
 
-Training multiplies thousands of rows at a time and `F.linear` is at its best there. A decode step
-multiplies 1 to a few hundred rows by every weight matrix, so it is bound by reading the weights, and how
-they are stored decides the speed. Measured on the 2-core AMD EPYC benchmark machine (torch 2.11, MKL and
-oneDNN):
+Training multiplies thousands of rows at a time with autograd, and `F.linear` is at its best there. A
+decode step multiplies 1 to a few hundred rows (the live hypotheses) by every weight matrix, so it is
+bound by reading the weights, and how they are stored decides the speed. Measured on the 2-core AMD EPYC
+benchmark machine (torch 2.11, MKL and oneDNN):
 
 - 2 rows or more: oneDNN's prepacked weight format (what `torch.compile` uses after freezing) beats
   `F.linear` by 1.2-3× (largest for the vocabulary projection at few rows). oneDNN picks the blocked
@@ -20,10 +20,11 @@ oneDNN):
 
 With packed weights an activation can run inside the same oneDNN call (`InferenceLinear.gelu`, the FFN).
 
-The same packed copy pays off in any forward pass without autograd: 1.13-1.27× over `F.linear` for the
-encoder's 960 rows at batch 32, 1.25-1.94× for its 30 rows at batch 1. So every linear layer of the
-framework is a `Linear`, which multiplies by a packed copy of its weight in evaluation (validation, the
-encoder pass of generation, mmx-eval), and `InferenceLinear` (the decode step) shares that copy.
+The packed copy pays off in any forward pass without autograd: 1.13-1.27× over `F.linear` for the
+encoder's 960 rows at batch 32, 1.25-1.94× for its 30 rows at batch 1 (a whole greedy decode 8-10%
+faster). So every linear layer of the framework is a `Linear`, which multiplies by a packed copy of its
+weight in evaluation (validation, the encoder pass of generation, mmx-eval), and `InferenceLinear`, the
+decode step's view of a `Linear`, shares that copy.
 
 Results equal `F.linear` up to float rounding (different summation order), which tests/test_fast_paths.py
 checks at the token level.
