@@ -163,6 +163,11 @@ class TransformerDecoder(nn.Module):
         """
         self._cached_plan = None
 
+    def train(self, mode: bool = True) -> "TransformerDecoder":
+        if mode:  # back to training: the weights will change, and the plan's copies would only hold memory
+            self.drop_decode_plan()
+        return super().train(mode)
+
     def __getstate__(self) -> dict:
         # copy.deepcopy and pickling cannot read packed (opaque) weights; a copy makes its own plan
         return {k: v for k, v in super().__getstate__().items() if k != "_cached_plan"}

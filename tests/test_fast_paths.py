@@ -192,12 +192,15 @@ def test_linear_packs_its_weight_only_for_evaluation_and_follows_weight_changes(
     assert linear._packed is None, "training holds no packed copy"
 
 
-def test_a_decoder_that_has_decoded_can_be_copied(decoder_and_context):
+def test_a_decoder_that_has_decoded_can_be_copied_and_training_drops_its_plan(decoder_and_context):
     """Lightning's weight averaging and users deep-copy models; the cached decode plan must not stop them."""
     decoder, context = decoder_and_context
     cfg = GenerationConfig(strategy="greedy", max_len=6)
     tokens = [h[0].tokens for h in generate(decoder, context, cfg)]
     assert [h[0].tokens for h in generate(copy.deepcopy(decoder), context, cfg)] == tokens
+    assert decoder._cached_plan is not None
+    decoder.train()
+    assert decoder._cached_plan is None, "training holds no decode-time weight copies"
 
 
 def test_kv_cache_reorder_and_drop_rows_keep_the_right_history():
