@@ -136,11 +136,10 @@ class InferenceLinear:
         self.packed = linear.packed_weight() if layout == "packed" else None
         out_dim, in_dim = self.weight.shape
         blocks = max(2, torch.get_num_threads())
-        # GPUs (cuBLAS) and bf16 are served well by F.linear
-        if layout != "plain" and self.weight.device.type == "cpu" and self.weight.dtype == torch.float32:
-            if out_dim % blocks == 0:
-                self.row_blocks = self.weight.view(blocks, out_dim // blocks, in_dim)  # a view: no copy
-                self.bias_blocks = None if self.bias is None else self.bias.view(blocks, out_dim // blocks, 1)
+        on_cpu_fp32 = self.weight.device.type == "cpu" and self.weight.dtype == torch.float32  # else cuBLAS etc.
+        if layout != "plain" and on_cpu_fp32 and out_dim % blocks == 0:
+            self.row_blocks = self.weight.view(blocks, out_dim // blocks, in_dim)  # a view: no copy
+            self.bias_blocks = None if self.bias is None else self.bias.view(blocks, out_dim // blocks, 1)
 
     def _by_row_blocks(self, x: torch.Tensor) -> bool:
         return self.row_blocks is not None and x.shape[0] == 1
