@@ -22,7 +22,7 @@ from torch import nn
 
 from .attention import KVCache, padding_mask_or_none
 from .context import Context
-from .fast_linear import InferenceLinear, Linear, layout_for, optimizer_steps
+from .fast_linear import InferenceLinear, Linear, drop_packed_weights, layout_for, weights_key
 from .layers import DecoderLayer, Dropout, sinusoidal_positions
 
 
@@ -49,7 +49,7 @@ class DecodePlan:
             for layer in decoder.layers
         ]
         self.output = copy(decoder.output)
-        self.key = decoder._weights_key()
+        self.key = weights_key(decoder.parameters())
 
 
 @dataclass
@@ -159,9 +159,12 @@ class TransformerDecoder(nn.Module):
         """Forget the decode-time weight copies; the next `start` rebuilds them from the current weights.
 
         Needed only after writing weights behind autograd's back (`param.data.copy_(...)`): optimizer
-        steps and in-place writes to the parameters themselves are noticed without it.
+        steps and in-place writes to the parameters themselves are noticed without it. For a whole
+        model (the encoders' layers pack their weights in evaluation too) use
+        `mmxattn.fast_linear.drop_packed_weights(model)`.
         """
         self._cached_plan = None
+        drop_packed_weights(self)  # the plan's packed weights are its Linears' own copies
 
     def train(self, mode: bool = True) -> "TransformerDecoder":
         if mode:  # back to training: the weights will change, and the plan's copies would only hold memory
@@ -172,12 +175,9 @@ class TransformerDecoder(nn.Module):
         # copy.deepcopy and pickling cannot read packed (opaque) weights; a copy makes its own plan
         return {k: v for k, v in super().__getstate__().items() if k != "_cached_plan"}
 
-    def _weights_key(self) -> tuple:
-        return optimizer_steps(), tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
-
     def _plan(self, layout: str) -> DecodePlan:
         plan = getattr(self, "_cached_plan", None)
-        if plan is None or plan.layout != layout or plan.key != self._weights_key():
+        if plan is None or plan.layout != layout or plan.key != weights_key(self.parameters()):
             with torch.no_grad():
                 plan = DecodePlan(self, layout)
             self._cached_plan = plan

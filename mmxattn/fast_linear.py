@@ -32,6 +32,8 @@ checks at the token level.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -51,8 +53,13 @@ def _count_optimizer_step(optimizer, args, kwargs) -> None:
 register_optimizer_step_post_hook(_count_optimizer_step)
 
 
-def optimizer_steps() -> int:
-    return _optimizer_steps
+def weights_key(params: Iterable[torch.Tensor]) -> tuple:
+    """Changes whenever one of these weights may have changed: an optimizer step, an in-place write, `.to()`.
+
+    Writes through `.data` (`param.data.copy_(...)`) bump no version counter and go unseen: after them,
+    call `drop_packed_weights`.
+    """
+    return _optimizer_steps, tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
 
 
 def _onednn_packing_works() -> bool:
@@ -99,7 +106,7 @@ class Linear(nn.Linear):
         """The packed copy of the current weight, made if needed; None where packing does not apply."""
         if not _packable(self.weight) or torch.compiler.is_compiling():
             return None  # inductor cannot lower oneDNN's packed weights
-        key = (_optimizer_steps, self.weight.data_ptr(), self.weight._version)
+        key = weights_key([self.weight])
         if self._packed is None or self._packed[0] != key:
             with torch.no_grad():
                 self._packed = (key, torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), PACKING_ROWS_HINT))
@@ -113,6 +120,16 @@ class Linear(nn.Linear):
     def __getstate__(self) -> dict:
         # copy.deepcopy and pickling cannot read a packed (opaque) tensor; a copy makes its own when used
         return {k: v for k, v in super().__getstate__().items() if k != "_packed"}
+
+
+def drop_packed_weights(module: nn.Module) -> None:
+    """Forget the packed copy of every `Linear` in `module`; each is remade from the weight on next use.
+
+    Needed only after writing weights through `.data`, which `weights_key` cannot see.
+    """
+    for m in module.modules():
+        if isinstance(m, Linear):
+            m._packed = None
 
 
 def layout_for(rows: int, *, compiled: bool = False) -> str:

@@ -192,6 +192,29 @@ def test_linear_packs_its_weight_only_for_evaluation_and_follows_weight_changes(
     assert linear._packed is None, "training holds no packed copy"
 
 
+@pytest.mark.skipif(not fast_linear.ONEDNN, reason="this torch build cannot pack weights for oneDNN")
+def test_writes_through_data_are_picked_up_after_dropping_the_packed_copies(monkeypatch):
+    """`.data` writes bump no version counter; drop_decode_plan / drop_packed_weights are the way to say so."""
+    monkeypatch.setattr(fast_linear, "PACKING_MIN_WEIGHTS", 0)
+    decoder, context = tiny_decoder_and_context()
+    cfg = GenerationConfig(strategy="greedy", max_len=6)
+    generate(decoder, context, cfg)  # packs every linear of the decoder
+    with torch.no_grad():
+        for layer in decoder.layers:
+            layer.ffn[0].weight.data.copy_(torch.randn_like(layer.ffn[0].weight))
+    decoder.drop_decode_plan()
+    fresh = copy.deepcopy(decoder)  # packs from scratch
+    assert [h[0].tokens for h in generate(decoder, context, cfg)] == [h[0].tokens for h in generate(fresh, context, cfg)]
+
+    linear, x = fast_linear.Linear(32, 48).eval(), torch.randn(3, 32)
+    with torch.no_grad():
+        linear(x)
+        linear.weight.data.mul_(-1.0)
+        fast_linear.drop_packed_weights(torch.nn.Sequential(linear))
+        expected = torch.nn.functional.linear(x, linear.weight, linear.bias)
+        torch.testing.assert_close(linear(x), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_a_decoder_that_has_decoded_can_be_copied_and_training_drops_its_plan(decoder_and_context):
     """Lightning's weight averaging and users deep-copy models; the cached decode plan must not stop them."""
     decoder, context = decoder_and_context
