@@ -176,7 +176,7 @@ class AttentionMapper:
         self.source_configs = encoder_configs(cfg)
         self.plugins = {name: registry.get_plugin(c["name"]) for name, c in self.source_configs.items()}
         self.processors = {
-            name: self.plugins[name].build_processor(c, tokenizer=tokenizers, train=False)
+            name: registry.build_processor(c["name"], c, tokenizer=tokenizers, train=False)
             for name, c in self.source_configs.items()
         }
 

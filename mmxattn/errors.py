@@ -8,6 +8,18 @@ mistakes, not ours.
 class MmxError(Exception):
     """Base class for errors caused by user input (data, config, arguments)."""
 
+    exit_code = 2  # what the CLIs exit with after printing the message
+
+
+class TrainingInterrupted(MmxError):
+    """A run stopped before it finished (SIGTERM: preemption, a time limit, `kill`); it can be resumed.
+
+    Exits 143 (128 + SIGTERM), as a process killed by the signal would, so that a scheduler or a shell
+    script never mistakes the unfinished run for a finished one.
+    """
+
+    exit_code = 143
+
 
 class ConfigError(MmxError, ValueError):
     """A config value is missing, invalid, or inconsistent with another one."""

@@ -128,6 +128,24 @@ def find_encoder_config(name: str, packages: list[ConfigPackage] | None = None) 
     return None
 
 
+def configs_naming(name: str) -> list[str]:
+    """Encoder config files (pkg:// paths) whose `name:` is `name`, e.g. a plugin's byte_cnn.yaml that
+    says `name: bytecnn`: for the message about an unknown encoder name."""
+    import yaml
+
+    found = []
+    for module in [BUILTIN_CONFIG_PACKAGE] + [c.module for c in config_packages()[0]]:
+        try:
+            folder = resources.files(module) / "encoder"
+            files = [f for f in folder.iterdir() if f.name.endswith(".yaml")] if folder.is_dir() else []
+            for file in files:
+                if (yaml.safe_load(file.read_text(encoding="utf-8")) or {}).get("name") == name:
+                    found.append(f"pkg://{module}/encoder/{file.name}")
+        except Exception:  # noqa: BLE001 - an unreadable package is reported by config_packages
+            continue
+    return found
+
+
 def read_encoder_config(name: str) -> str | None:
     """The YAML text of `encoder=<name>`, or None."""
     where = find_encoder_config(name)

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .context import Context
-from .errors import PluginError
+from .errors import MmxError, PluginError
 
 ENTRY_POINT_GROUP = "mmxattn.encoders"
 STRICT_ENV = "MMX_STRICT_PLUGINS"
@@ -182,8 +182,13 @@ def get_plugin(name: str) -> EncoderPlugin:
     if name in conflicting:
         raise _conflict_error(name, conflicting[name])
     if name not in found:
+        from .hydra_search import configs_naming  # lazy: hydra_search imports this module
+
+        files = configs_naming(name)
+        declared = (f" It is the `name:` of {', '.join(files)}: a config file's `name:` must be the entry-point "
+                    "name of the encoder it configures.") if files else ""
         raise PluginError(
-            f"unknown encoder '{name}'. Available encoders: {', '.join(sorted(found)) or '(none)'}. "
+            f"unknown encoder '{name}'. Available encoders: {', '.join(sorted(found)) or '(none)'}.{declared} "
             "Choose one of them with encoder=<name>, or install the package that provides it "
             "(`mmx-encoders` lists what is installed and what failed to load)."
         )
@@ -224,9 +229,25 @@ def load_all() -> tuple[dict[str, EncoderPlugin], dict[str, str]]:
     return plugins, failures
 
 
+def _built_by_plugin(name: str, what: str, build, cfg: Mapping[str, Any], **kwargs):
+    """Call a plugin's builder; a plain exception from it (a config value of the wrong type or range that
+    the plugin did not check) becomes one message naming the plugin and its config, not a traceback."""
+    try:
+        return build(cfg, **kwargs)
+    except MmxError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the plugin's code, fed the user's config
+        values = ", ".join(f"{k}={v!r}" for k, v in dict(cfg).items() if k != "name")
+        raise PluginError(
+            f"encoder plugin '{name}' could not build its {what} from its config ({values}): {type(e).__name__}: "
+            f"{e}. Check those encoder.* values (`mmx-train ... --cfg job` prints the composed config); if they "
+            "are right, the plugin has a bug."
+        ) from e
+
+
 def build_encoder(name: str, cfg: Mapping[str, Any], *, tokenizer=None) -> nn.Module:
     """Create the encoder registered under `name` and check it honours the contract."""
-    encoder = get_plugin(name).build_encoder(cfg, tokenizer=tokenizer)
+    encoder = _built_by_plugin(name, "encoder", get_plugin(name).build_encoder, cfg, tokenizer=tokenizer)
     if not isinstance(encoder, nn.Module):
         raise PluginError(f"encoder plugin '{name}' built a {type(encoder).__name__}; it must build an nn.Module")
     dim = getattr(encoder, "output_dim", None)
@@ -236,6 +257,11 @@ def build_encoder(name: str, cfg: Mapping[str, Any], *, tokenizer=None) -> nn.Mo
             "it must set a positive integer `output_dim`"
         )
     return encoder
+
+
+def build_processor(name: str, cfg: Mapping[str, Any], *, tokenizer=None, train: bool = False) -> Processor:
+    """Create the processor of the encoder registered under `name`."""
+    return _built_by_plugin(name, "processor", get_plugin(name).build_processor, cfg, tokenizer=tokenizer, train=train)
 
 
 def check_context(name: str, context: Any, batch_size: int) -> Context:

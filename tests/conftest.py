@@ -22,9 +22,13 @@ TINY = [
 
 
 def compose_config(overrides=(), output_dir=None):
-    """The real `mmx-train` config composed with overrides (what the CLI would build)."""
+    """The real `mmx-train` config composed with overrides, on top of recipe=translation/quickstart unless
+    the overrides name a recipe (`recipe=none` for none): the tests' tiny corpora are in its format."""
+    overrides = list(overrides)
+    if not any(o.lstrip("+~").startswith("recipe") for o in overrides):
+        overrides.insert(0, "recipe=translation/quickstart")
     with initialize_config_module("mmxattn.conf", version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides))
+        cfg = compose("train", overrides=overrides)
     if output_dir is not None:
         cfg.output_dir = str(output_dir)
     return cfg

@@ -15,7 +15,8 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 def user_errors_exit(fn):
-    """Print an MmxError as one message (no traceback) and exit 2; MMX_DEBUG=1 shows the traceback."""
+    """Print an MmxError as one message (no traceback) and exit with its code (2 for a user's mistake);
+    MMX_DEBUG=1 shows the traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -25,7 +26,7 @@ def user_errors_exit(fn):
             if os.environ.get("MMX_DEBUG"):
                 raise
             print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(e.exit_code)
 
     return wrapper
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from . import generated
 from .synthetic_translation import ADJECTIVES, DETERMINERS, NOUNS, PREPOSITIONS, VERBS
 
 # English singular -> (plural, ((meaning, invented stem, gender, glyph), (meaning, stem, gender, glyph)))
@@ -154,9 +155,8 @@ def write_multimodal_corpus(root: str | Path, *, train: int = 8000, valid: int =
                             seed: int = 1234) -> Path:
     """Writes pictures and `{split}.tsv` under root (once: an existing complete set is kept)."""
     root = Path(root)
-    stamp = root / "CORPUS"
-    recipe = f"synthetic-multimodal v1 seed={seed} train={train} valid={valid} test={test}\n"
-    if stamp.is_file() and stamp.read_text() == recipe:
+    description = f"synthetic-multimodal v1 seed={seed} train={train} valid={valid} test={test}"
+    if generated.begin(root, description):  # refuses a folder holding anything it did not write
         return root
     rng = random.Random(seed)
     seen: set[tuple[str, str]] = set()
@@ -174,7 +174,7 @@ def write_multimodal_corpus(root: str | Path, *, train: int = 8000, valid: int =
             draw_glyph(rng, glyph).save(root / relative)
             rows.append(f"{split}-{index}\t{english}\t{relative}\t{invented}\n")
         (root / f"{split}.tsv").write_text("".join(rows), encoding="utf-8")
-    stamp.write_text(recipe)  # written last: a crash midway regenerates everything
+    generated.finish(root, description)
     return root
 
 

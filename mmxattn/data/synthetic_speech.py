@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from . import generated
+
 SAMPLE_RATE = 16000
 
 # English gloss -> target word; the order of each list fixes the word's sound (see _word_sounds)
@@ -132,9 +134,8 @@ def write_speech_corpus(root: str | Path, *, train: int = 3000, valid: int = 200
     sentences may repeat, each time said anew.
     """
     root = Path(root)
-    stamp = root / "CORPUS"
-    recipe = f"synthetic-speech v1 seed={seed} train={train} valid={valid} test={test}\n"
-    if stamp.is_file() and stamp.read_text() == recipe:
+    description = f"synthetic-speech v1 seed={seed} train={train} valid={valid} test={test}"
+    if generated.begin(root, description):  # refuses a folder holding anything it did not write
         return root
     (root / "clips").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -156,5 +157,5 @@ def write_speech_corpus(root: str | Path, *, train: int = 3000, valid: int = 200
             sf.write(root / "clips" / f"{utt}.flac", wave, SAMPLE_RATE, subtype="PCM_16")
             rows.append(f"{utt}\tclips/{utt}.flac\t{feature_frames(len(wave))}\t{target}\t{source}\tspk{speaker}")
         (root / f"{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    stamp.write_text(recipe)  # written last: a crash midway regenerates everything
+    generated.finish(root, description)
     return root

@@ -12,6 +12,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from . import generated
+
 NOUNS = {  # English singular, plural, invented stem, gender
     "cat": ("cats", "mizu", "f"), "dog": ("dogs", "karo", "m"), "bird": ("birds", "pilo", "m"),
     "horse": ("horses", "dravi", "f"), "man": ("men", "tesk", "m"), "woman": ("women", "nuvel", "f"),
@@ -64,11 +66,9 @@ def make_pair(rng: random.Random) -> tuple[str, str]:
 def write_corpus(root: str | Path, *, train: int = 12000, valid: int = 400, test: int = 400, seed: int = 1234) -> Path:
     """Writes the corpus under root (once: an existing complete corpus with the same recipe is kept)."""
     root = Path(root)
-    stamp = root / "CORPUS"
-    recipe = f"synthetic-translation v1 seed={seed} train={train} valid={valid} test={test}\n"
-    if stamp.is_file() and stamp.read_text() == recipe:
+    description = f"synthetic-translation v1 seed={seed} train={train} valid={valid} test={test}"
+    if generated.begin(root, description):  # refuses a folder holding anything it did not write
         return root
-    root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     seen: set[str] = set()
     for split, size in (("test", test), ("valid", valid), ("train", train)):
@@ -80,5 +80,5 @@ def write_corpus(root: str | Path, *, train: int = 12000, valid: int = 400, test
                 pairs.append((en, xx))
         for lang, column in (("en", 0), ("xx", 1)):
             (root / f"{split}.{lang}").write_text("".join(p[column] + "\n" for p in pairs), encoding="utf-8")
-    stamp.write_text(recipe)  # written last: a crash midway regenerates everything
+    generated.finish(root, description)
     return root
