@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -28,14 +29,17 @@ import torchaudio.transforms as AT
 from torch import nn
 
 from mmxattn.context import Context, ContextView
-from mmxattn.data.speech import split_fairseq_path
+from mmxattn.data.samples import check_not_folder
+from mmxattn.data.speech import FRAME_LENGTH_S, FRAME_SHIFT_S, fbank_frames, split_fairseq_path
 from mmxattn.errors import ConfigError, DataError
 from mmxattn.layers import Dropout, TransformerEncoder, sinusoidal_positions
 from mmxattn.registry import EncoderPlugin, Processor
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
-FRAME_SHIFT_S, FRAME_LENGTH_S = 0.010, 0.025  # Kaldi fbank defaults, as in fairseq
 NPY_MAGIC = b"\x93NUMPY"
+# Sample rates a real recording has. Outside them the header is corrupt, and resampling from it would take
+# hours of audio out of a second (1 Hz) or ask torch for terabytes (2**31 Hz) instead of naming the file.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 768000
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -52,13 +56,57 @@ def _read_bytes(path: Path, offset: int, size: int) -> bytes:
     return data
 
 
+def _wav_declared_frames(f) -> int | None:
+    """Samples per channel that a RIFF/WAVE header's data chunk declares; None when `f` (a binary file at
+    offset 0) is not a plain WAV or the size is a streaming placeholder (0 or 0xFFFFFFFF).
+
+    libsndfile quietly shortens a WAV whose data chunk runs past the end of the file to what is there, so a
+    file cut in half would read as a shorter recording that no longer matches its transcript.
+    """
+    head = f.read(12)
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+        return None
+    endian = "<" if head[:4] == b"RIFF" else ">"
+    block_align = None
+    while len(chunk := f.read(8)) == 8:
+        name, size = chunk[:4], struct.unpack(endian + "I", chunk[4:])[0]
+        if name == b"data":
+            return size // block_align if block_align and size not in (0, 0xFFFFFFFF) else None
+        if name == b"fmt ":
+            body = f.read(size + (size & 1))  # chunks are padded to an even size
+            block_align = struct.unpack(endian + "H", body[12:14])[0] if len(body) >= 14 else None
+        else:
+            f.seek(size + (size & 1), io.SEEK_CUR)
+    return None
+
+
+def _declared_frames(source) -> int | None:
+    """The frame count a file's header declares (see `_wav_declared_frames`); None for non-WAV files, whose
+    truncation libsndfile reports itself (FLAC: "lost sync")."""
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
+        return _wav_declared_frames(source)
+    with open(source, "rb") as f:
+        return _wav_declared_frames(f)
+
+
 def _decode_audio(source, name: str, start: int = 0, frames: int = -1) -> tuple[np.ndarray, int]:
     """[samples, channels] float32 and the file's sample rate; `source` is a path or a file-like object."""
     try:
         data, rate = sf.read(source, start=start, frames=frames, dtype="float32", always_2d=True)
-    except (sf.SoundFileError, RuntimeError, OSError, ValueError, EOFError) as e:
+        declared = _declared_frames(source) if frames < 0 and start == 0 else None
+    except Exception as e:  # libsndfile's errors, and anything a damaged file provokes: all the file's fault
         raise DataError(f"{name}: cannot be read as audio ({type(e).__name__}: {e}); "
                         "is it a complete wav/flac/ogg/mp3 file?") from e
+    if declared is not None and data.shape[0] < declared:
+        raise DataError(f"{name}: truncated: the header says {declared} samples, the file holds {data.shape[0]}; "
+                        "copy or export it again, or set data.skip_invalid=true to skip it")
+    if frames > 0 and data.shape[0] < frames:
+        raise DataError(f"{name}: the slice asks for {frames} samples from sample {start}, but the file holds only "
+                        f"{data.shape[0]} from there; the file is truncated or the manifest does not match it")
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise DataError(f"{name}: sample rate {rate} Hz in the file header, where recordings have {MIN_SAMPLE_RATE}-"
+                        f"{MAX_SAMPLE_RATE} Hz; the header is damaged or this is not a recording")
     return data, rate
 
 
@@ -66,27 +114,32 @@ def load_source(raw: str) -> tuple[str, torch.Tensor, int | None]:
     """("waveform", [samples, channels], rate) or ("features", [T, bins], None) for one raw sample."""
     path, offset, size = split_fairseq_path(str(raw))
     path = Path(path)
+    check_not_folder(path, "an audio file")
     if not path.is_file():
         raise DataError(f"{path}: audio file not found. Check the path (relative paths in a manifest resolve "
                         "against data.audio_root, else the manifest's folder).")
     name = str(raw)
     if path.suffix == ".npy":
-        try:
-            feats = np.load(path)
-        except (OSError, ValueError, EOFError) as e:
-            raise DataError(f"{name}: cannot be read as an .npy feature file ({e})") from e
-        return "features", torch.from_numpy(np.asarray(feats, dtype=np.float32)), None
+        return "features", _load_npy(path, name), None
     if path.suffix == ".zip":  # fairseq: an entry stored uncompressed at OFFSET, BYTES long
         if offset is None:
             raise DataError(f"{name}: a zip needs fairseq's `file.zip:OFFSET:BYTES` form to address one entry")
         data = _read_bytes(path, offset, size)
         if data.startswith(NPY_MAGIC):
-            return "features", torch.from_numpy(np.load(io.BytesIO(data)).astype(np.float32)), None
+            return "features", _load_npy(io.BytesIO(data), name), None
         wave, rate = _decode_audio(io.BytesIO(data), name)
         return "waveform", torch.from_numpy(wave), rate
     # an audio file, or fairseq's slice of one: START and FRAMES in samples
     wave, rate = _decode_audio(path, name, start=offset or 0, frames=size if size is not None else -1)
     return "waveform", torch.from_numpy(wave), rate
+
+
+def _load_npy(source, name: str) -> torch.Tensor:
+    """Precomputed features from an .npy file or bytes; a damaged one is named, whatever numpy raises."""
+    try:
+        return torch.from_numpy(np.asarray(np.load(source), dtype=np.float32))
+    except Exception as e:
+        raise DataError(f"{name}: cannot be read as an .npy feature file ({type(e).__name__}: {e})") from e
 
 
 def to_mono(wave: torch.Tensor) -> torch.Tensor:
@@ -101,12 +154,6 @@ def log_mel_fbank(waveform: torch.Tensor, sample_rate: int, num_mel_bins: int) -
     these features match fbank80.zip files and global CMVN statistics prepared by fairseq.
     """
     return kaldi.fbank(waveform[None] * 32768.0, num_mel_bins=num_mel_bins, sample_frequency=sample_rate)
-
-
-def fbank_frames(num_samples: int, sample_rate: int) -> int:
-    """How many 25 ms / 10 ms frames Kaldi (snip_edges) computes from num_samples."""
-    window, shift = int(sample_rate * FRAME_LENGTH_S), int(sample_rate * FRAME_SHIFT_S)
-    return 0 if num_samples < window else 1 + (num_samples - window) // shift
 
 
 def utterance_cmvn(feats: torch.Tensor) -> torch.Tensor:
@@ -141,6 +188,8 @@ class SpecAugment:
 
 class AudioProcessor(Processor):
     """path -> normalised features [frames, bins] (float32); collate pads them and builds the mask."""
+
+    length_unit = "frames (10 ms)"  # what `length` counts, for messages about data.max_len
 
     def __init__(self, *, sample_rate: int = 16000, num_mel_bins: int = 80, cmvn: str = "utterance",
                  global_cmvn: str | None = None, specaugment: Mapping[str, Any] | None = None, train: bool = False):
@@ -178,6 +227,9 @@ class AudioProcessor(Processor):
                 raise DataError(f"{raw}: the audio has no samples (an empty recording); remove it from the data "
                                 "or set data.skip_invalid=true")
             wave = to_mono(data)  # [samples]
+            if not bool(torch.isfinite(wave).all()):  # float WAVs can hold them; the features would be NaN
+                raise DataError(f"{raw}: the audio holds NaN or infinite sample values (a damaged float WAV?); "
+                                "remove it from the data or set data.skip_invalid=true")
             if rate != self.sample_rate:
                 wave = AF.resample(wave, rate, self.sample_rate)
             if wave.shape[0] < int(self.sample_rate * FRAME_LENGTH_S):
@@ -205,8 +257,8 @@ class AudioProcessor(Processor):
     def length(self, raw: str) -> int:
         """Feature frames (10 ms each), for bucketing and the `data.max_tokens` budget.
 
-        A manifest's `n_frames` is used when the reader attached it (fairseq's convention: the frame count
-        of the 80-bin features); otherwise the file header is read, which is cheap but touches the disk.
+        A manifest's `n_frames` is used when the reader attached it (in 10 ms frames: the reader converts a
+        raw-audio manifest's sample counts); otherwise the file header is read, which is cheap but touches the disk.
         """
         n_frames = getattr(raw, "n_frames", None)
         if n_frames is not None:
@@ -218,7 +270,7 @@ class AudioProcessor(Processor):
             if size is not None:
                 return fbank_frames(math.ceil(size * self.sample_rate / sf.info(path).samplerate), self.sample_rate)
             info = sf.info(path)
-        except (sf.SoundFileError, RuntimeError, OSError):  # the processor names the problem when it runs
+        except Exception:  # the processor names the problem when it loads the file
             return 1
         return fbank_frames(math.ceil(info.frames * self.sample_rate / info.samplerate), self.sample_rate)
 

@@ -356,12 +356,14 @@ def load_image(path: str | Path) -> Image.Image:
         raise DataError(f"{path}: is a folder, not an image file") from e
     except Image.UnidentifiedImageError as e:
         raise DataError(f"{path}: not an image file (PIL cannot identify it); remove it or replace it") from e
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Exception as e:  # OSError, SyntaxError, DecompressionBombError, or whatever a format plugin raises
         raise DataError(f"{path}: image cannot be decoded ({type(e).__name__}: {e}); is the file truncated?") from e
 
 
 class ImageProcessor(Processor):
     """A path -> a normalized image tensor [3, H, W] (timm's transform); collate stacks them."""
+
+    length_unit = "image positions"  # what `length` counts, for messages about data.max_len
 
     def __init__(self, transform, num_tokens: int):
         self.transform, self.num_tokens = transform, num_tokens

@@ -36,6 +36,8 @@ class TextEncoder(nn.Module):
 
 
 class TextProcessor(Processor):
+    length_unit = "tokens"  # what `length` counts, for messages about data.max_len
+
     def __init__(self, tokenizer, append_eos: bool = True):
         self.tokenizer, self.append_eos = tokenizer, append_eos
 

@@ -45,6 +45,8 @@ class Processor:
     sample, in the encoder's sequence units, for length bucketing and token budgets).
     """
 
+    length_unit: str = "positions"  # what `length` counts, for messages ("tokens", "frames (10 ms)", ...)
+
     def __call__(self, raw: Any) -> Any:
         raise NotImplementedError
 

@@ -263,6 +263,13 @@ class Seq2SeqTask(L.LightningModule):
         )
         # Asked lazily: estimating it here would make Lightning build the training loader before it restores
         # a checkpoint, and the loader would then start the epoch from its first batch instead of resuming.
+        # The total is not saved in checkpoints (LambdaLR keeps its step, not the function): a resumed run
+        # asks its own trainer. Resumed with the same limits (preemption, SIGTERM, max_time) that is the same
+        # total. Continued with another max_steps / max_epochs, the decay follows the new plan from the resume
+        # on, on purpose: "train to M steps" then means what a run started with M means from that step, rather
+        # than staying at the old plan's final LR (min_lr_ratio) for all the added steps. For cosine / linear
+        # the LR then jumps at the resume step (the first part was annealed towards the old total), so such a
+        # continuation equals no single uninterrupted run; inverse_sqrt does not depend on the total and does.
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
             opt.warmup_steps, lambda: self.trainer.estimated_stepping_batches, opt.schedule, opt.min_lr_ratio
         ))

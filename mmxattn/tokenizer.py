@@ -40,20 +40,31 @@ class Tokenizer:
 
     @classmethod
     def train(
-        cls, sentences: Iterable[str], *, vocab_size: int, model_type: str = "unigram", character_coverage: float = 1.0
+        cls, sentences: Iterable[str], *, vocab_size: int, model_type: str = "unigram", character_coverage: float = 1.0,
+        where: str = "the training text",
     ) -> "Tokenizer":
+        """A model trained on `sentences`; `where` names their files for the errors (an empty text makes
+        SentencePiece fail with an internal RuntimeError that says nothing about the data)."""
+        sentences = [s for s in sentences if s.strip()]
+        if not sentences:
+            raise DataError(f"{where}: there is no training text to train the tokenizer on (no non-empty line). "
+                            "Check that the training files hold the text, or give a trained model (tokenizer.model)")
         model = io.BytesIO()
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(sentences),
-            model_writer=model,
-            vocab_size=vocab_size,
-            model_type=model_type,
-            character_coverage=character_coverage,
-            pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS,
-            hard_vocab_limit=False,  # a tiny corpus may not support the requested size
-            num_threads=1,  # deterministic: every DDP rank trains the same model
-            minloglevel=2,
-        )
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter(sentences),
+                model_writer=model,
+                vocab_size=vocab_size,
+                model_type=model_type,
+                character_coverage=character_coverage,
+                pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS,
+                hard_vocab_limit=False,  # a tiny corpus may not support the requested size
+                num_threads=1,  # deterministic: every DDP rank trains the same model
+                minloglevel=2,
+            )
+        except RuntimeError as e:
+            raise DataError(f"{where}: SentencePiece cannot train a tokenizer on this text ({e}); check the "
+                            f"training text and tokenizer.vocab_size={vocab_size}") from e
         return cls(model.getvalue())
 
     def save(self, path: str | Path) -> None:
@@ -95,18 +106,21 @@ class Tokenizers:
         return cls(target, Tokenizer(state["source"]) if "source" in state else None)
 
     @classmethod
-    def build(cls, cfg, source_texts: list[str] | None, target_texts: list[str]) -> "Tokenizers":
+    def build(cls, cfg, source_texts: list[str] | None, target_texts: list[str],
+              where: str = "the training split") -> "Tokenizers":
         """From `tokenizer` config: load model files where given, else train on the training text.
 
         source_texts is None when the source is not text (images, audio): only a target model is built.
+        `where` names the training files, for the error when a side has no text.
         """
-        def make(path, texts, vocab_size):
+        def make(path, texts, vocab_size, side):
             if path:
                 return Tokenizer.load(path)
-            return Tokenizer.train(texts, vocab_size=vocab_size, model_type=cfg.model_type)
+            return Tokenizer.train(texts, vocab_size=vocab_size, model_type=cfg.model_type, where=f"{where} ({side})")
 
         if source_texts is None:
-            return cls(make(cfg.model, target_texts, cfg.vocab_size))
+            return cls(make(cfg.model, target_texts, cfg.vocab_size, "targets"))
         if cfg.joint:
-            return cls(make(cfg.model, source_texts + target_texts, cfg.vocab_size))
-        return cls(make(cfg.model, target_texts, cfg.vocab_size), make(cfg.source_model, source_texts, cfg.vocab_size))
+            return cls(make(cfg.model, source_texts + target_texts, cfg.vocab_size, "sources and targets"))
+        return cls(make(cfg.model, target_texts, cfg.vocab_size, "targets"),
+                   make(cfg.source_model, source_texts, cfg.vocab_size, "sources"))

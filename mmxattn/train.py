@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import lightning as L
-import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
@@ -28,9 +29,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import AtomicCheckpointIO, LastCheckpoint, export_model
+from .checkpoint import AtomicCheckpointIO, LastCheckpoint, export_model, load_checkpoint_file, verify_checkpoint_file
+from .config_checks import check_config
+from .data import generated
 from .data.datamodule import SYNTHETIC, Seq2SeqDataModule
-from .errors import ConfigError
+from .errors import ConfigError, TrainingInterrupted
 from .evaluate import score_split
 from .generation import GenerationConfig
 from .metrics import checkpoint_target
@@ -91,13 +94,37 @@ def build_callbacks(cfg: DictConfig) -> list:
     return [instantiate(spec) for spec in specs.values() if spec]
 
 
+def _recipe_in_use() -> str:
+    """The recipe Hydra composed this run from ("translation/quickstart"), for messages."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return str(HydraConfig.get().runtime.choices.get("recipe"))
+    except (ImportError, ValueError):  # not run through Hydra (a test, a notebook)
+        return "none"
+
+
 def _write_synthetic(cfg: DictConfig) -> None:
-    """Generate quickstart data once: ranks started together (SLURM) wait for the one that writes it."""
+    """Generate quickstart data once: ranks started together (SLURM) wait for the one that writes it.
+
+    A generator writes only into an empty folder or one it wrote before: `data.root` pointed at a
+    user's own corpus while `data.synthetic` is still set (a quickstart recipe plus data.root=...) must
+    never overwrite the user's files.
+    """
     if cfg.data.synthetic not in SYNTHETIC:
         raise ConfigError(f"data.synthetic={cfg.data.synthetic!r}; expected one of {', '.join(SYNTHETIC)}")
     root = Path(cfg.data.root)
+    foreign = generated.foreign_files(root)
+    if foreign:
+        raise ConfigError(
+            f"data.root={root} holds files that mmxattn did not generate ({', '.join(foreign[:6])}"
+            f"{', ...' if len(foreign) > 6 else ''}), but data.synthetic={cfg.data.synthetic} (from "
+            f"recipe={_recipe_in_use()}) would write a generated corpus there. To train on the files in it, "
+            "drop the quickstart recipe (recipe=none, or a base recipe) or set data.synthetic=null; to run "
+            "the quickstart, point data.root at a new or empty folder."
+        )
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".write.lock", "w") as lock:
+    with open(root / generated.LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         SYNTHETIC[cfg.data.synthetic](cfg.data.root, seed=cfg.seed)
 
@@ -125,37 +152,61 @@ def resolve_resume(cfg: DictConfig, output_dir: Path) -> str | None:
     Unlike Lightning's own "last", it never starts fresh silently when there is nothing to resume.
     `ckpt_path=auto` resumes this run folder's last.ckpt when there is one and starts fresh otherwise: for
     jobs that a cluster requeues into the same folder after preemption or a time limit.
+
+    The chosen file is read and its checksum checked here, before anything in the run folder changes (the
+    caller then moves metrics.csv aside): a truncated or damaged checkpoint stops the run with a DataError
+    naming it. Lightning's own load of the same unchanged file then skips the hashing.
     """
     if cfg.ckpt_path in (None, ""):
         return None
+    own = output_dir / "checkpoints" / "last.ckpt"
     if cfg.ckpt_path == "auto":
-        own = output_dir / "checkpoints" / "last.ckpt"
         log.info("ckpt_path=auto: %s", f"resuming from {own}" if own.is_file() else "no last.ckpt yet, starting fresh")
-        return str(own) if own.is_file() else None
-    if cfg.ckpt_path != "last":
+        if not own.is_file():
+            return None
+        path = own
+    elif cfg.ckpt_path != "last":
         if not Path(cfg.ckpt_path).is_file():
             raise ConfigError(f"ckpt_path={cfg.ckpt_path}: file not found; give an existing .ckpt or `last`")
-        return str(cfg.ckpt_path)
-    own = output_dir / "checkpoints" / "last.ckpt"
-    candidates = [own] if own.is_file() else sorted(
-        output_dir.parent.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime
-    )
-    if not candidates:
-        raise ConfigError(
-            f"ckpt_path=last: no checkpoints/last.ckpt in {output_dir} or its sibling runs; start without "
-            "ckpt_path, or pass the checkpoint file explicitly"
+        path = Path(cfg.ckpt_path)
+    else:
+        candidates = [own] if own.is_file() else sorted(
+            output_dir.parent.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime
         )
-    log.info("resuming from %s", candidates[-1])
-    return str(candidates[-1])
+        if not candidates:
+            raise ConfigError(
+                f"ckpt_path=last: no checkpoints/last.ckpt in {output_dir} or its sibling runs; start without "
+                "ckpt_path, or pass the checkpoint file explicitly"
+            )
+        path = candidates[-1]
+        log.info("resuming from %s", path)
+    verify_checkpoint_file(path, what="checkpoint to resume from")
+    return str(path)
+
+
+def _refuse_a_used_run_folder(output_dir: Path) -> None:
+    """A fresh run never writes into a folder that holds another run's model or checkpoints."""
+    if any(os.environ.get(var, "0") != "0" for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID")):
+        return  # ranks > 0 share rank 0's folder
+    used = [name for name in ("model.pt", "checkpoints", "metrics.csv") if (output_dir / name).exists()]
+    if used:
+        raise ConfigError(
+            f"{output_dir} already holds a run ({', '.join(used)}); a new run would overwrite it. Continue that "
+            "run with ckpt_path=last, or leave hydra.run.dir unset (each run then gets a folder of its own)"
+        )
 
 
 def train(cfg: DictConfig) -> dict:
+    started = time.monotonic()
+    check_config(cfg)  # before anything is read, generated or written
     output_dir = Path(cfg.output_dir)
+    ckpt_path = resolve_resume(cfg, output_dir)
+    if not ckpt_path and cfg.ckpt_path != "auto":
+        _refuse_a_used_run_folder(output_dir)
     L.seed_everything(cfg.seed, workers=True)
     if cfg.data.get("synthetic"):
         _write_synthetic(cfg)
     _resolve_checkpoint_target(cfg)
-    ckpt_path = resolve_resume(cfg, output_dir)
     if ckpt_path:
         _keep_metrics_history(output_dir)
 
@@ -190,10 +241,12 @@ def train(cfg: DictConfig) -> dict:
     with _launch_environment(shared):
         try:
             trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
-        except SIGTERMException:
-            log.warning("stopped by SIGTERM at step %d; continue with: mmx-train ... ckpt_path=last hydra.run.dir=%s",
-                        trainer.global_step, output_dir)
-            raise
+        except SIGTERMException as e:
+            raise TrainingInterrupted(
+                f"stopped by SIGTERM at step {trainer.global_step}, before the run finished (no model.pt yet); "
+                f"{last.last_path} holds it. Continue with the same command plus ckpt_path=last "
+                f"hydra.run.dir={output_dir}"
+            ) from e
 
     results: dict = {"output_dir": str(output_dir)}
     if not trainer.is_global_zero:
@@ -204,7 +257,7 @@ def train(cfg: DictConfig) -> dict:
         task = Seq2SeqTask(model, datamodule.tokenizers, cfg)
         best = best or str(last.last_path)
     if best:
-        task.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+        task.load_state_dict(load_checkpoint_file(best, what="best checkpoint")["state_dict"])
     export_model(output_dir / "model.pt", model, datamodule.tokenizers, cfg)
     datamodule.tokenizers.target.save(output_dir / "tokenizer.model")
     for name, score in val_scores.items():
@@ -217,5 +270,8 @@ def train(cfg: DictConfig) -> dict:
         for name, score in scores.items():
             log.info("test (%s, %s): %s", cfg.data.test, cfg.generation.strategy, score)
             results[f"test_{name}"] = score.value
+    results.update(recipe=_recipe_in_use(), global_step=trainer.global_step,
+                   wall_seconds=round(time.monotonic() - started, 1), finished=time.time())
+    (output_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     log.info("exported %s; results %s", output_dir / "model.pt", results)
     return results

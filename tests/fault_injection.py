@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import signal as signals
+from datetime import timedelta
 
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, Timer
+from lightning.pytorch.trainer.states import RunningStage
 
 
 class SignalAtStep(Callback):
@@ -58,3 +60,25 @@ class NanGradientAtSteps(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         changed = any(not torch.equal(a, b.detach()) for a, b in zip(self._before, pl_module.parameters()))
         NanGradientAtSteps.observed.append((self._step, self._step in self.steps, changed))
+
+
+class StepClockTimer(Timer):
+    """Lightning's `Timer` (what `trainer.max_time` installs) on a clock that advances one second per
+    training batch instead of with wall time: `duration: N` stops training after N batches in all, counted
+    across resumes through the Timer's own checkpoint state, exactly the way a real time limit stops it
+    (the Timer sets `trainer.should_stop` in `on_train_batch_end`). With a Timer in the callbacks Lightning
+    ignores `trainer.max_time`.
+
+        mmx-train +callbacks.stop._target_=tests.fault_injection.StepClockTimer +callbacks.stop.duration=6
+    """
+
+    def __init__(self, duration: float, **kwargs):
+        super().__init__(duration=timedelta(seconds=duration), interval="step", **kwargs)
+        self._batches = 0
+
+    def time_elapsed(self, stage: str = RunningStage.TRAINING) -> float:
+        return float(self._batches + self._offset) if RunningStage(stage) == RunningStage.TRAINING else 0.0
+
+    def on_train_batch_end(self, trainer, *args, **kwargs) -> None:
+        self._batches += 1  # this batch's "second" has passed when the Timer looks at the clock
+        super().on_train_batch_end(trainer, *args, **kwargs)

@@ -80,7 +80,7 @@ def test_overlong_line_names_line_and_limit(tmp_path):
     src[4] = " ".join(["word"] * 80)
     write_pair(tmp_path, "train", src, GOOD)
     write_pair(tmp_path, "valid", GOOD[:3], GOOD[:3])
-    with pytest.raises(DataError, match=r"train\.en:5: \d+ tokens, longer than data\.max_len=40"):
+    with pytest.raises(DataError, match=r"train\.en:5: longer than data\.max_len=40: source 'src' \d+ tokens, target \d+ tokens"):
         datamodule(tmp_path, "data.max_len=40").prepare()
     dm = datamodule(tmp_path, "data.max_len=40", "data.skip_invalid=true")
     dm.prepare()

@@ -44,7 +44,8 @@ def sweep(corpus, tmp_path_factory, one_thread):
     """`mmx-train -m trainer=ddp_cpu optim.lr=2e-3,1e-3`: two sweep jobs, each with 2 DDP processes."""
     root = tmp_path_factory.mktemp("ddp_sweep")
     command = [
-        sys.executable, "-m", "mmxattn.cli.train", "-m", *PARITY, f"data.root={corpus}", "trainer=ddp_cpu",
+        sys.executable, "-m", "mmxattn.cli.train", "-m", "recipe=translation/quickstart", *PARITY,
+        f"data.root={corpus}", "trainer=ddp_cpu",
         f"optim.lr={','.join(LRS)}", f"hydra.sweep.dir={root}/sweep",
     ]
     done = subprocess.run(command, cwd=root, env=cli_env(), capture_output=True, text=True, timeout=600)

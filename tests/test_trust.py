@@ -224,3 +224,17 @@ def test_a_new_run_refuses_a_folder_that_holds_a_run(tmp_path, tiny_corpus):
     with pytest.raises(ConfigError, match="already holds a run.*ckpt_path=last"):
         train(compose_config([*TINY, f"data.root={tiny_corpus}", "data.synthetic=null"], output_dir=run))
     assert (run / "model.pt").read_bytes() == b"somebody's model"
+
+
+def test_a_run_stopped_by_sigterm_exits_143_without_an_export(tiny_corpus, tmp_path):
+    """A scheduler must never read an unfinished run as a finished one."""
+    from .run_helpers import cli_env
+
+    run = tmp_path / "run"
+    result = subprocess.run(
+        ["mmx-train", "recipe=translation/quickstart", *TINY, f"data.root={tiny_corpus}", "data.synthetic=null",
+         "eval.metrics=[]", f"hydra.run.dir={run}", "+callbacks.stop._target_=tests.fault_injection.SignalAtStep",
+         "+callbacks.stop.step=3"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 143, result.stderr[-2000:]
+    assert "stopped by SIGTERM at step" in result.stderr and "ckpt_path=last" in result.stderr
+    assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "model.pt").exists()

@@ -11,6 +11,7 @@ import torch
 from .. import registry
 from ..checkpoint import load_for_inference
 from ..cpu_allocator import keep_freed_memory
+from ..data.samples import check_not_folder, decode_lines, read_lines
 from ..data.speech import resolve_audio
 from ..errors import DataError, MmxError
 from ..generation import generate
@@ -37,7 +38,7 @@ MANIFEST_PATH_COLUMNS = ("audio", "image", "path")  # fairseq speech manifests n
 def read_manifest(path: Path) -> list[tuple[str, str]]:
     """(id, file) per row of a TSV manifest with a header (fairseq speech-to-text style); files are relative
     to the manifest's folder or absolute, with fairseq's `file:offset:length` kept as is."""
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line for line in read_lines(path) if line.strip()]
     header = lines[0].split("\t") if lines else []
     column = next((c for c in MANIFEST_PATH_COLUMNS if c in header), None)
     if column is None:
@@ -56,22 +57,36 @@ def read_manifest(path: Path) -> list[tuple[str, str]]:
     return items
 
 
+def stdin_lines() -> list[str]:
+    """Lines of stdin decoded as UTF-8 whatever the locale says, so that a bad byte is named as stdin:LINE
+    (Python's own decoding would fail with a UnicodeDecodeError traceback and no line number)."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # stdin replaced by a text stream (tests, notebooks): already decoded
+        return sys.stdin.read().splitlines()
+    return decode_lines(buffer.read().splitlines(keepends=True), "stdin")
+
+
+def text_lines(source: str) -> list[str]:
+    """The lines of an input file (UTF-8, .gz allowed) or of stdin ("-")."""
+    if source == "-":
+        return stdin_lines()
+    path = Path(source)
+    check_not_folder(path, "a text file with one input per line", "this model reads text, not a folder of files")
+    if not path.is_file():
+        raise DataError(f"{path}: input file not found")
+    return read_lines(path)
+
+
 def read_inputs(paths: list[str], plugin) -> list[tuple[str, object]]:
     """(where, raw input) pairs: lines of text files/stdin, or file paths for path-based encoders."""
     sources = paths or ["-"]
     items: list[tuple[str, object]] = []
     for source in sources:
         if plugin.input_kind == "text":
-            if source == "-":
-                lines = sys.stdin.read().splitlines()
-            else:
-                path = Path(source)
-                if not path.is_file():
-                    raise DataError(f"{path}: input file not found")
-                lines = path.read_text(encoding="utf-8").splitlines()
-            items += [(f"{source}:{i}", line) for i, line in enumerate(lines, 1)]
+            name = "stdin" if source == "-" else source
+            items += [(f"{name}:{i}", line) for i, line in enumerate(text_lines(source), 1)]
         else:
-            names = sys.stdin.read().split() if source == "-" else [source]
+            names = " ".join(stdin_lines()).split() if source == "-" else [source]
             for name in names:
                 path = Path(name)
                 if path.is_dir():
@@ -111,7 +126,7 @@ def main(argv=None) -> None:
         raise MmxError(f"this model reads {len(sources)} sources ({', '.join(sources)}); mmx-generate takes one")
     (source, enc_cfg), = sources.items()
     plugin = registry.get_plugin(enc_cfg["name"])
-    processor = plugin.build_processor(enc_cfg, tokenizer=tokenizers, train=False)
+    processor = registry.build_processor(enc_cfg["name"], enc_cfg, tokenizer=tokenizers, train=False)
     gen = generation_config(cfg.get("generation"), args)
     items = read_inputs(args.inputs, plugin)
 

@@ -18,6 +18,12 @@ from ..errors import DataError
 
 log = logging.getLogger(__name__)
 
+# The key of a batch that carries a sample's DataError message out of a DataLoader worker instead of the
+# exception itself: raised there, PyTorch would re-raise it wrapped in its ~50-line "Caught DataError in
+# DataLoader worker process 0 ... Original Traceback" text with the useful line last. The dataset writes it
+# (`Seq2SeqDataset.__getitems__`), the Collater passes it on, `ResumableDataLoader.__iter__` raises it.
+ERROR = "error"
+
 
 class TokenBudgetBatchSampler(Sampler[list[int]]):
     """Yields lists of sample indices whose padded size (batch × longest) stays within `max_tokens`.
@@ -133,6 +139,8 @@ class ResumableDataLoader(DataLoader):
             raise TypeError("ResumableDataLoader needs a TokenBudgetBatchSampler as batch_sampler")
         self._epoch, self._consumed = sampler.epoch, sampler._skip
         for batch in super().__iter__():
+            if isinstance(batch, dict) and ERROR in batch:  # in the main process, as with num_workers=0
+                raise DataError(batch[ERROR])
             self._consumed += 1
             yield batch
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError
-from .samples import Sample, SkipReport
+from .samples import Sample, SkipReport, check_not_folder, no_samples
 
 
 @dataclass
@@ -41,6 +41,7 @@ def normalize_caption(text: str, lowercase: bool) -> str:
 
 
 def _load_json(path: Path, what: str) -> Any:
+    check_not_folder(path, f"the {what} (JSON)", "Check data.root and the file names in the data config")
     if not path.is_file():
         raise DataError(f"{path}: {what} not found. Check data.root and the file names in the data config.")
     try:
@@ -99,7 +100,7 @@ def read_coco_captions(data_cfg, split: str, skipped: SkipReport) -> list[Sample
             _reject(data_cfg, skipped, "empty caption", where, "empty caption")
             continue
         image.captions.append(caption)
-    return _samples(data_cfg, split, list(images.values()), skipped, f"data.images ({folder})")
+    return _samples(data_cfg, split, list(images.values()), skipped, f"data.images ({folder})", path)
 
 
 def read_karpathy(data_cfg, split: str, skipped: SkipReport) -> list[Sample]:
@@ -130,7 +131,7 @@ def read_karpathy(data_cfg, split: str, skipped: SkipReport) -> list[Sample]:
                 captions.append(normalize_caption(text, lowercase))
         where = f"{path}: images[{number}] (imgid {entry.get('imgid', '?')}, {entry['filename']})"
         images.append(CaptionedImage(where, folder / entry.get("filepath", "") / entry["filename"], captions))
-    return _samples(data_cfg, split, images, skipped, f"data.images ({folder})")
+    return _samples(data_cfg, split, images, skipped, f"data.images ({folder})", path)
 
 
 def _reject(data_cfg, skipped: SkipReport, reason: str, where: str, problem: str) -> None:
@@ -141,9 +142,24 @@ def _reject(data_cfg, skipped: SkipReport, reason: str, where: str, problem: str
     skipped.add(reason, where)
 
 
-def _samples(data_cfg, split: str, images: list[CaptionedImage], skipped: SkipReport, folder_key: str) -> list[Sample]:
+def _missing_images(images: list[CaptionedImage]) -> tuple[list[CaptionedImage], list[CaptionedImage]]:
+    """(images whose path is not there, images whose path is a folder): neither is an image file."""
+    absent = [image for image in images if not image.path.is_file()]
+    folders = [image for image in absent if image.path.is_dir()]
+    folder_ids = {id(image) for image in folders}
+    return [image for image in absent if id(image) not in folder_ids], folders
+
+
+def _samples(data_cfg, split: str, images: list[CaptionedImage], skipped: SkipReport, folder_key: str,
+             annotations: Path) -> list[Sample]:
+    entries = len(images)
     if data_cfg.get("check_files", True):
-        missing = [image for image in images if not image.path.is_file()]
+        missing, folders = _missing_images(images)
+        if folders and not data_cfg.get("skip_invalid", False):
+            raise DataError(
+                f"{folders[0].where}: {folders[0].path} is a folder, not an image file ({len(folders)} such). Check "
+                f"data.root and {folder_key}, or set data.skip_invalid=true to skip them (counted and reported)"
+            )
         if missing and not data_cfg.get("skip_invalid", False):
             examples = ", ".join(str(image.path) for image in missing[:3])
             raise DataError(
@@ -151,9 +167,10 @@ def _samples(data_cfg, split: str, images: list[CaptionedImage], skipped: SkipRe
                 f"images of split '{split}' are missing, e.g. {examples}). Check data.root and {folder_key}, or set "
                 "data.skip_invalid=true to skip them (counted and reported)"
             )
-        for image in missing:
-            skipped.add("image file not found", f"{image.where} -> {image.path}")
-        gone = {id(image) for image in missing}
+        for reason, bad in (("image file not found", missing), ("image path is a folder", folders)):
+            for image in bad:
+                skipped.add(reason, f"{image.where} -> {image.path}")
+        gone = {id(image) for image in missing + folders}
         images = [image for image in images if id(image) not in gone]
     samples = []
     for image in images:
@@ -166,5 +183,5 @@ def _samples(data_cfg, split: str, images: list[CaptionedImage], skipped: SkipRe
         else:  # one example per image, scored against all its captions
             samples.append(Sample({"src": str(image.path)}, image.captions[0], image.where, image.captions))
     if not samples:
-        raise DataError(f"split '{split}' of the {data_cfg.format} data has no usable image with captions")
+        raise no_samples(split, str(annotations), f"images with captions ({data_cfg.format} format)", entries, skipped)
     return samples

@@ -19,7 +19,7 @@ from .. import registry
 from ..errors import ConfigError, DataError
 from ..model import PRESENT, encoder_configs
 from ..tokenizer import BOS, EOS, PAD, Tokenizers
-from .batching import ResumableDataLoader, TokenBudgetBatchSampler
+from .batching import ERROR, ResumableDataLoader, TokenBudgetBatchSampler
 from .captions import read_coco_captions, read_karpathy
 from .multisource import read_multisource_tsv
 from .parallel_text import read_parallel_text
@@ -55,6 +55,22 @@ class Seq2SeqDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any] | None]:
+        """The items of one batch; what a DataLoader calls (in its worker, when num_workers > 0).
+
+        A sample's DataError comes back as an item {ERROR: message} instead of an exception, so that the
+        loader raises it in the main process as the one line the user would get without workers (see
+        batching.ERROR). The rest of the batch is not loaded: training stops at that sample anyway.
+        `dataset[index]` itself still raises.
+        """
+        items = []
+        for index in indices:
+            try:
+                items.append(self[index])
+            except DataError as e:
+                return [{ERROR: str(e)}]
+        return items
+
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         sample = self.samples[index]
         try:  # a source the sample lacks (absent or None) is left out; the Collater marks it
@@ -75,6 +91,9 @@ class Collater:
         self.processors = processors
 
     def __call__(self, items: Sequence[dict | None]) -> dict[str, Any]:
+        failed = next((item for item in items if item is not None and ERROR in item), None)
+        if failed is not None:  # a sample's DataError, for the loader to raise in the main process
+            return {ERROR: failed[ERROR]}
         good = [item for item in items if item is not None]
         batch: dict[str, Any] = {"skipped": len(items) - len(good)}
         if not good:  # every sample was bad: an empty batch the task skips, not a crash
@@ -131,20 +150,33 @@ class Seq2SeqDataModule(L.LightningDataModule):
             text_sources = [s for s, c in encoder_configs(self.cfg).items() if registry.get_plugin(c["name"]).input_kind == "text"]
             source_texts = [smp.sources[s] for smp in train for s in text_sources
                             if smp.sources.get(s) is not None] if text_sources else None
-            self.tokenizers = Tokenizers.build(self.cfg.tokenizer, source_texts, [smp.target for smp in train])
+            self.tokenizers = Tokenizers.build(self.cfg.tokenizer, source_texts, [smp.target for smp in train],
+                                               where=self._describe("train", train))
         for split, split_samples in samples.items():
-            self.splits[split] = self._dataset(split_samples, train=(split == "train"))
+            self.splits[split] = self._dataset(split, split_samples)
         if self.skipped.total:
             log.warning("data: %s", self.skipped.summary("samples"))
 
     def processors(self, train: bool) -> dict[str, registry.Processor]:
         return {
-            source: registry.get_plugin(c["name"]).build_processor(c, tokenizer=self.tokenizers, train=train)
+            source: registry.build_processor(c["name"], c, tokenizer=self.tokenizers, train=train)
             for source, c in encoder_configs(self.cfg).items()
         }
 
-    def _dataset(self, samples: list[Sample], train: bool) -> Seq2SeqDataset:
-        processors = self.processors(train)
+    def _describe(self, split: str, samples: list[Sample]) -> str:
+        """data.<split> and where its samples come from (the first one's file and line), for messages."""
+        return f"data.{split}={self.data_cfg.get(split)}" + (f" ({len(samples)} samples from {samples[0].where}, ...)"
+                                                             if samples else f" under data.root={self.data_cfg.root}")
+
+    def _too_long(self, sample: Sample, lengths: dict[str, int], target: int, processors) -> str:
+        """The overlong message: every source's length in its own unit (tokens, 10 ms frames, image positions)
+        and the target's, since a speech sample's 3000 is frames, not tokens, and the fix depends on the side."""
+        sides = [f"source '{name}' {n} {getattr(processors[name], 'length_unit', 'positions')}"
+                 for name, n in lengths.items()] + [f"target {target} tokens"]
+        return f"{sample.where}: longer than data.max_len={self.data_cfg.max_len}: {', '.join(sides)}"
+
+    def _dataset(self, split: str, samples: list[Sample]) -> Seq2SeqDataset:
+        processors = self.processors(train=(split == "train"))
         max_len = self.data_cfg.max_len
         kept, targets, sizes = [], [], []
         for sample in samples:
@@ -159,20 +191,23 @@ class Seq2SeqDataModule(L.LightningDataModule):
                 self.skipped.add("no source", sample.where)
                 continue
             target = self.tokenizers.target.encode(sample.target)
-            size = max([len(target) + 1] + [processors[n].length(sample.sources[n]) for n in present])
+            lengths = {n: processors[n].length(sample.sources[n]) for n in present}
+            size = max(len(target) + 1, *lengths.values())  # +1: the EOS the decoder predicts last
             if size > max_len:
                 if not self.data_cfg.skip_invalid:
                     raise DataError(
-                        f"{sample.where}: {size} tokens, longer than data.max_len={max_len}. Raise data.max_len, "
-                        "or set data.skip_invalid=true to drop empty and overlong pairs (the number is reported)."
+                        f"{self._too_long(sample, lengths, len(target) + 1, processors)}. Raise data.max_len (it "
+                        "bounds every source and the target), or set data.skip_invalid=true to drop overlong "
+                        "samples (the number is reported)."
                     )
                 self.skipped.add(f"longer than data.max_len={max_len}", sample.where)
                 continue
             kept.append(sample)
             targets.append(target)
             sizes.append(size)
-        if not kept:
-            raise DataError(f"no usable samples left in data.{'train' if train else 'valid'} after checks")
+        if not kept:  # the readers reject an empty split themselves; this is every sample dropped above
+            why = self.skipped.summary("samples so far") if self.skipped.total else "the split is empty"
+            raise DataError(f"{self._describe(split, samples)}: no usable samples left after the checks ({why})")
         return Seq2SeqDataset(kept, targets, sizes, processors, skip_invalid=self.data_cfg.skip_invalid)
 
     def _world(self) -> tuple[int, int]:

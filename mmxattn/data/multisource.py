@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DataError
-from .samples import Sample, SkipReport, read_lines
+from .samples import INVALID_UTF8, SKIP_HINT, Sample, SkipReport, check_not_folder, no_samples, read_lines
 
 ID_COLUMN = "id"
 
@@ -25,6 +25,7 @@ def read_multisource_tsv(data_cfg, split: str, skipped: SkipReport) -> list[Samp
     root = Path(data_cfg.root)
     name = data_cfg[split]
     path = root / (name if name.endswith(".tsv") else f"{name}.tsv")
+    check_not_folder(path, "a tab-separated file (.tsv)", f"data.{split} names the split's file (without .tsv)")
     if not path.is_file():
         present = sorted(p.name for p in root.glob("*.tsv"))[:12] if root.is_dir() else []
         raise DataError(
@@ -32,9 +33,12 @@ def read_multisource_tsv(data_cfg, split: str, skipped: SkipReport) -> list[Samp
             f"({'present: ' + ', '.join(present) if present else 'no .tsv files there'}); "
             f"data.{split} names the split's file (without .tsv)."
         )
-    lines = read_lines(path)
+    skip = bool(data_cfg.skip_invalid)
+    lines = read_lines(path, keep_invalid=skip, hint=SKIP_HINT)
     if not lines:
         raise DataError(f"{path}: empty file; the first line must name the columns (id, sources..., target)")
+    if lines[0] is None:
+        raise DataError(f"{path}:1: the header is {INVALID_UTF8}; re-encode the file as UTF-8")
     header = lines[0].split("\t")
     target_column = data_cfg.get("target_column", "tgt")
     path_columns = list(data_cfg.get("path_columns") or [])
@@ -49,6 +53,9 @@ def read_multisource_tsv(data_cfg, split: str, skipped: SkipReport) -> list[Samp
     samples = []
     for number, line in enumerate(lines[1:], 2):
         where = f"{path}:{number}"
+        if line is None:  # only with skip_invalid: read_lines raised otherwise
+            skipped.add(INVALID_UTF8, where)
+            continue
         if not line.strip():
             continue
         cells = line.split("\t")
@@ -57,7 +64,7 @@ def read_multisource_tsv(data_cfg, split: str, skipped: SkipReport) -> list[Samp
         row = dict(zip(header, cells))
         target = row[target_column].strip()
         if not target:
-            if not data_cfg.skip_invalid:
+            if not skip:
                 raise DataError(f"{where}: empty target. Fix the row, or set data.skip_invalid=true to drop such rows.")
             skipped.add("empty target", where)
             continue
@@ -70,4 +77,7 @@ def read_multisource_tsv(data_cfg, split: str, skipped: SkipReport) -> list[Samp
                 value = str(root / value)
             sources[column] = value
         samples.append(Sample(sources, target, where))
+    if not samples:
+        rows = sum(1 for line in lines[1:] if line is None or line.strip())
+        raise no_samples(split, str(path), "rows", rows, skipped)
     return samples
