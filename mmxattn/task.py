@@ -10,12 +10,10 @@ number of tokens in each part. Non-finite steps are skipped on the device (see g
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 
 from pathlib import Path
-from typing import Callable
 
 import lightning as L
 import torch
@@ -27,40 +25,12 @@ from .data.datamodule import IGNORE
 from .errors import ConfigError
 from .generation import GenerationConfig, generate
 from .guards import NonFiniteGuard
+from .schedule import WarmupSchedule
 from .metrics import check_metric_names, score_all
 from .model import EncoderDecoder
 from .tokenizer import Tokenizers
 
 log = logging.getLogger(__name__)
-
-
-def lr_lambda(warmup: int, total: int | Callable[[], int], schedule: str, min_ratio: float):
-    """Linear warmup, then cosine / linear decay to min_ratio, or inverse square root.
-
-    `total` (optimizer steps of the whole run) may be a function, asked once when the decay starts.
-    """
-    if schedule not in ("cosine", "linear", "inverse_sqrt"):
-        raise ConfigError(f"optim.schedule={schedule!r}; expected cosine, linear or inverse_sqrt")
-    if warmup < 1:
-        raise ConfigError(f"optim.warmup_steps={warmup} must be ≥ 1")
-
-    known: list[int] = []
-
-    def total_steps() -> int:
-        if not known:
-            known.append(int(total() if callable(total) else total))
-        return known[0]
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if schedule == "inverse_sqrt":
-            return math.sqrt(warmup / (step + 1))
-        progress = min(1.0, (step - warmup) / max(1, total_steps() - warmup))
-        decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
-        return min_ratio + (1 - min_ratio) * decay
-
-    return factor
 
 
 def check_compiler(accelerator: str) -> None:
@@ -261,19 +231,30 @@ class Seq2SeqTask(L.LightningModule):
             [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, fused=True,
         )
-        # Asked lazily: estimating it here would make Lightning build the training loader before it restores
-        # a checkpoint, and the loader would then start the epoch from its first batch instead of resuming.
-        # The total is not saved in checkpoints (LambdaLR keeps its step, not the function): a resumed run
-        # asks its own trainer. Resumed with the same limits (preemption, SIGTERM, max_time) that is the same
-        # total. Continued with another max_steps / max_epochs, the decay follows the new plan from the resume
-        # on, on purpose: "train to M steps" then means what a run started with M means from that step, rather
-        # than staying at the old plan's final LR (min_lr_ratio) for all the added steps. For cosine / linear
-        # the LR then jumps at the resume step (the first part was annealed towards the old total), so such a
-        # continuation equals no single uninterrupted run; inverse_sqrt does not depend on the total and does.
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
-            opt.warmup_steps, lambda: self.trainer.estimated_stepping_batches, opt.schedule, opt.min_lr_ratio
-        ))
+        self.schedule = WarmupSchedule(schedule=opt.schedule, min_ratio=opt.min_lr_ratio,
+                                       warmup_steps=opt.warmup_steps, warmup_fraction=opt.get("warmup_fraction"))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)  # bound in on_train_start
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _bind_schedule(self) -> None:
+        """Give the schedule the run's length and set the learning rate of the coming step.
+
+        Here rather than in configure_optimizers: asking for the length there would make Lightning build
+        the training loader before it restores a checkpoint, and the loader would then start the epoch from
+        its first batch instead of resuming. The length is not saved in checkpoints (LambdaLR keeps its
+        step, not the function): a resumed run asks its own trainer. Resumed with the same limits
+        (preemption, SIGTERM, max_time) that is the same length. Continued with another max_steps /
+        max_epochs, the decay follows the new plan from the resume on, on purpose: "train to M steps" then
+        means what a run started with M means from that step, rather than staying at the old plan's final
+        LR for all the added steps. For cosine / linear the LR then jumps at the resume step, so such a
+        continuation equals no single uninterrupted run; inverse_sqrt does not depend on the length.
+        """
+        self.schedule.bind(self.trainer.estimated_stepping_batches)
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler  # the LambdaLR of configure_optimizers, at its current step
+            for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+                group["lr"] = base_lr * self.schedule(scheduler.last_epoch)
+            scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
     def on_save_checkpoint(self, checkpoint):
         # Plain containers only, so that the checkpoint loads with torch.load(weights_only=True).
@@ -291,6 +272,7 @@ class Seq2SeqTask(L.LightningModule):
         self._rng_to_restore = checkpoint.get("mmx_rng")
 
     def on_train_start(self):
+        self._bind_schedule()
         rng, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
         if rng:  # here rather than at load time: nothing else draws from the RNG before the first step now
             torch.set_rng_state(rng["torch"])

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import lightning as L
 import torch.distributed as dist
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -82,6 +82,15 @@ def build_strategy(trainer_cfg: dict):
 
         return instantiate(strategy, _convert_="object")
     return strategy
+
+
+def build_early_stopping(cfg: DictConfig) -> list:
+    """EarlyStopping on the checkpoint monitor when `early_stopping.patience` is set (its count is resumed)."""
+    stopping = cfg.get("early_stopping") or {}
+    if not stopping.get("patience"):
+        return []
+    return [EarlyStopping(monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode, patience=int(stopping.patience),
+                          min_delta=float(stopping.get("min_delta", 0.0)), check_on_train_epoch_end=False)]
 
 
 def build_callbacks(cfg: DictConfig) -> list:
@@ -231,7 +240,7 @@ def train(cfg: DictConfig) -> dict:
     trainer = L.Trainer(
         **trainer_args,
         default_root_dir=output_dir,
-        callbacks=[*build_callbacks(cfg), checkpointing, last, TQDMProgressBar(refresh_rate=cfg.progress_refresh)],
+        callbacks=[*build_callbacks(cfg), *build_early_stopping(cfg), checkpointing, last, TQDMProgressBar(refresh_rate=cfg.progress_refresh)],
         logger=CSVLogger(output_dir, name="", version=""),
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # the token-budget sampler shards by rank itself

@@ -25,6 +25,18 @@ log = logging.getLogger(__name__)
 ERROR = "error"
 
 
+def epoch_budget(sizes: Sequence[int], max_tokens: int, min_batches: int | None) -> int:
+    """`max_tokens`, lowered on small data so that an epoch has at least `min_batches` batches.
+
+    A fixed budget that suits 100k samples gives a 500-sample set five updates per epoch; a budget of
+    total tokens / min_batches keeps the number of updates per epoch (and so what a validation-based
+    stopping rule sees) similar across data sizes. Never below the longest sample: a batch holds one.
+    """
+    if not min_batches or not len(sizes):
+        return max_tokens
+    return int(max(max(sizes), min(max_tokens, sum(sizes) // min_batches)))
+
+
 class TokenBudgetBatchSampler(Sampler[list[int]]):
     """Yields lists of sample indices whose padded size (batch × longest) stays within `max_tokens`.
 

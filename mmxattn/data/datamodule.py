@@ -19,7 +19,7 @@ from .. import registry
 from ..errors import ConfigError, DataError
 from ..model import PRESENT, encoder_configs
 from ..tokenizer import BOS, EOS, PAD, Tokenizers
-from .batching import ERROR, ResumableDataLoader, TokenBudgetBatchSampler
+from .batching import ERROR, ResumableDataLoader, TokenBudgetBatchSampler, epoch_budget
 from .captions import read_coco_captions, read_karpathy
 from .multisource import read_multisource_tsv
 from .parallel_text import read_parallel_text
@@ -218,6 +218,13 @@ class Seq2SeqDataModule(L.LightningDataModule):
     def loader(self, split: str, *, shuffle: bool, max_tokens: int | None = None) -> DataLoader:
         dataset = self.splits[split]
         world, rank = self._world()
+        if max_tokens is None and split == "train":
+            max_tokens = epoch_budget(dataset.sizes, self.data_cfg.max_tokens, self.data_cfg.get("min_batches_per_epoch"))
+            if max_tokens != self.data_cfg.max_tokens and not getattr(self, "_budget_logged", False):
+                self._budget_logged = True
+                log.info("batch budget %d (data.max_tokens=%d lowered so that an epoch of %d samples has at least "
+                         "data.min_batches_per_epoch=%d batches)", max_tokens, self.data_cfg.max_tokens,
+                         len(dataset), self.data_cfg.min_batches_per_epoch)
         sampler = TokenBudgetBatchSampler(
             dataset.sizes, max_tokens=max_tokens or self.data_cfg.max_tokens,
             max_sentences=self.data_cfg.max_sentences, shuffle=shuffle, seed=self.cfg.seed,
