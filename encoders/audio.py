@@ -2,7 +2,11 @@
 
 The features follow fairseq's speech-to-text recipes, so that its prepared data and statistics fit:
 80 Kaldi-compatible log-mel filterbanks (25 ms windows every 10 ms) of the waveform at int16 scale,
-then utterance (or global) mean/variance normalisation, then SpecAugment in training only. The model is
+then utterance (or global) mean/variance normalisation, then SpecAugment in training only (and, if
+configured, speed perturbation before the filterbanks). Every file is resampled to `sample_rate`, so that a
+bin means one frequency band whatever the file's rate; bins above an upsampled file's Nyquist frequency
+(8 kHz telephone speech read at 16 kHz) are set to the normalised mean, 0, rather than left to CMVN, which
+would scale the resampler's leakage there up to the loudness of speech. The model is
 fairseq's `s2t_transformer`: two stride-2 Conv1d + GLU layers (4x fewer frames: 30 s = 3000 frames ->
 750 positions) followed by a pre-norm Transformer encoder.
 
@@ -32,7 +36,7 @@ from mmxattn.context import Context, ContextView
 from mmxattn.data.samples import check_not_folder
 from mmxattn.data.speech import FRAME_LENGTH_S, FRAME_SHIFT_S, fbank_frames, split_fairseq_path
 from mmxattn.errors import ConfigError, DataError
-from mmxattn.layers import Dropout, TransformerEncoder, sinusoidal_positions
+from mmxattn.layers import TransformerEncoder, sinusoidal_positions
 from mmxattn.registry import EncoderPlugin, Processor
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
@@ -156,11 +160,41 @@ def log_mel_fbank(waveform: torch.Tensor, sample_rate: int, num_mel_bins: int) -
     return kaldi.fbank(waveform[None] * 32768.0, num_mel_bins=num_mel_bins, sample_frequency=sample_rate)
 
 
+def mel_centres(sample_rate: int, num_mel_bins: int) -> torch.Tensor:
+    """Centre frequency in Hz of each Kaldi mel filter [bins] at this rate (25 ms windows, FFT padded to a power
+    of two, 20 Hz to Nyquist, as `log_mel_fbank` computes them).
+
+    A ConfigError if a filter covers no FFT bin (more bins than the rate's frequency resolution allows: that
+    feature would be constant, and utterance CMVN would make it zero for every file).
+    """
+    window = int(sample_rate * FRAME_LENGTH_S)
+    padded = 1 << (window - 1).bit_length()
+    banks, centres = kaldi.get_mel_banks(num_mel_bins, padded, float(sample_rate), 20.0, 0.0, 100.0, -500.0, 1.0)
+    empty = int((banks.sum(dim=1) == 0).sum())  # banks [bins, padded / 2]
+    if empty:
+        usable = next(n for n in range(num_mel_bins, 0, -1)
+                      if not bool((kaldi.get_mel_banks(n, padded, float(sample_rate), 20.0, 0.0, 100.0, -500.0,
+                                                       1.0)[0].sum(dim=1) == 0).any()))
+        raise ConfigError(f"encoder.num_mel_bins={num_mel_bins} at encoder.sample_rate={sample_rate}: {empty} mel filters "
+                          f"cover no FFT bin and would always be empty; use at most {usable} bins at this rate")
+    return centres.flatten()  # [bins]
+
+
 def utterance_cmvn(feats: torch.Tensor) -> torch.Tensor:
     """Zero mean, unit variance per bin over the utterance's frames (fairseq's UtteranceCMVN)."""
     centred = feats - feats.mean(dim=0)
     var = (centred**2).mean(dim=0)  # centred first: E[x²] - E[x]² loses precision in float32
     return centred / var.clamp_min(1e-10).sqrt()
+
+
+def speed_perturb(wave: torch.Tensor, rate: int, factor: float) -> torch.Tensor:
+    """[samples] played `factor` times faster (Ko et al. 2015): shorter or longer, pitch and formants shifted
+    with it, as a new speaker with a shorter or longer vocal tract would say it. Resampling from rate x factor
+    to rate; factors are rounded so that the two rates share a large divisor (fast resampling)."""
+    if factor == 1.0:
+        return wave
+    step = 100 if rate % 100 == 0 else 1
+    return AF.resample(wave, int(round(rate * factor / step)) * step, rate)
 
 
 class SpecAugment:
@@ -192,13 +226,19 @@ class AudioProcessor(Processor):
     length_unit = "frames (10 ms)"  # what `length` counts, for messages about data.max_len
 
     def __init__(self, *, sample_rate: int = 16000, num_mel_bins: int = 80, cmvn: str = "utterance",
-                 global_cmvn: str | None = None, specaugment: Mapping[str, Any] | None = None, train: bool = False):
+                 global_cmvn: str | None = None, specaugment: Mapping[str, Any] | None = None,
+                 speed_perturb: Sequence[float] | None = None, train: bool = False):
         if cmvn not in ("utterance", "global", "none"):
             raise ConfigError(f"encoder.cmvn={cmvn!r}; expected utterance, global or none")
         self.sample_rate, self.num_mel_bins, self.cmvn = int(sample_rate), int(num_mel_bins), cmvn
+        self.centres = mel_centres(self.sample_rate, self.num_mel_bins)  # [bins] Hz; checks that none is empty
         self.global_stats = self._load_global_cmvn(global_cmvn) if cmvn == "global" else None
         # SpecAugment only ever exists in a training processor: validation, test and inference never mask.
         self.specaugment = SpecAugment(**specaugment) if (train and specaugment) else None
+        # so does speed perturbation: each training utterance is played at one of these speeds, drawn anew
+        self.speeds = [float(f) for f in speed_perturb] if (train and speed_perturb) else None
+        if self.speeds and not all(0.5 <= f <= 2.0 for f in self.speeds):
+            raise ConfigError(f"encoder.speed_perturb={list(speed_perturb)}: speeds must be within 0.5-2.0, e.g. [0.9, 1.0, 1.1]")
 
     def _load_global_cmvn(self, path: str | None) -> tuple[torch.Tensor, torch.Tensor]:
         if not path:
@@ -216,6 +256,10 @@ class AudioProcessor(Processor):
 
     def features(self, raw: str) -> torch.Tensor:
         """Raw log-mel filterbanks [frames, bins] before normalisation."""
+        return self._features_and_rate(raw)[0]
+
+    def _features_and_rate(self, raw: str) -> tuple[torch.Tensor, int | None]:
+        """Raw log-mel filterbanks [frames, bins] and the file's sample rate (None for precomputed features)."""
         kind, data, rate = load_source(raw)
         if kind == "features":
             if data.dim() != 2 or data.shape[1] != self.num_mel_bins:
@@ -230,6 +274,8 @@ class AudioProcessor(Processor):
             if not bool(torch.isfinite(wave).all()):  # float WAVs can hold them; the features would be NaN
                 raise DataError(f"{raw}: the audio holds NaN or infinite sample values (a damaged float WAV?); "
                                 "remove it from the data or set data.skip_invalid=true")
+            if self.speeds:
+                wave = speed_perturb(wave, rate, self.speeds[int(torch.randint(len(self.speeds), ()))])
             if rate != self.sample_rate:
                 wave = AF.resample(wave, rate, self.sample_rate)
             if wave.shape[0] < int(self.sample_rate * FRAME_LENGTH_S):
@@ -238,7 +284,7 @@ class AudioProcessor(Processor):
             feats = log_mel_fbank(wave, self.sample_rate, self.num_mel_bins)
         if feats.shape[0] == 0 or not bool(torch.isfinite(feats).all()):
             raise DataError(f"{raw}: {'no feature frames' if feats.shape[0] == 0 else 'NaN or infinite features'}")
-        return feats
+        return feats, rate
 
     def normalize(self, feats: torch.Tensor) -> torch.Tensor:
         if self.cmvn == "utterance":
@@ -249,7 +295,13 @@ class AudioProcessor(Processor):
         return feats
 
     def __call__(self, raw: str) -> torch.Tensor:
-        feats = self.normalize(self.features(raw))
+        feats, rate = self._features_and_rate(raw)
+        feats = self.normalize(feats)
+        if rate is not None and rate < self.sample_rate and self.cmvn != "none":
+            # Upsampled (8 kHz telephone speech at 16 kHz): the bins above the file's Nyquist frequency hold only
+            # the resampler's leakage, which utterance CMVN would blow up to the loudness of speech. They are set
+            # to the normalised mean, 0: "unknown", as a SpecAugment frequency mask writes it.
+            feats[:, self.centres > rate / 2] = 0.0
         if self.specaugment is not None:
             feats = self.specaugment(feats)
         return feats  # [frames, bins]
@@ -339,7 +391,7 @@ class AudioEncoder(nn.Module):
         # fairseq multiplies the subsampler output by sqrt(d_model) before adding positions
         # (--no-scale-embedding turns that off, which makes the positions relatively stronger)
         self.scale = math.sqrt(d_model) if scale_input else 1.0
-        self.drop = Dropout(dropout)
+        self.drop = nn.Dropout(dropout)
         self.encoder = TransformerEncoder(d_model, num_layers, num_heads, ffn_dim, dropout)
         self.register_buffer("positions", sinusoidal_positions(1024, d_model), persistent=False)
 
@@ -372,7 +424,7 @@ class AudioPlugin(EncoderPlugin):
         return AudioProcessor(
             sample_rate=cfg.get("sample_rate", 16000), num_mel_bins=cfg.get("num_mel_bins", 80),
             cmvn=cfg.get("cmvn", "utterance"), global_cmvn=cfg.get("global_cmvn"),
-            specaugment=dict(specaugment) if specaugment else None, train=train,
+            specaugment=dict(specaugment) if specaugment else None, speed_perturb=cfg.get("speed_perturb"), train=train,
         )
 
 

@@ -6,13 +6,20 @@ The context is what the backbone's `forward_features` returns, before any poolin
 - ViT-like models ([B, N, C]): the patch tokens, with the class/register/distillation ("prefix") tokens
   dropped or kept (`prefix_tokens`);
 - CNNs and hierarchical models ([B, C, H, W], or [B, H, W, C] for e.g. Swin): the H×W feature map
-  flattened into H·W tokens of width C.
-Every image of a batch gives the same number of tokens, so the mask is all True.
+  flattened row by row into H·W tokens of width C.
 
-Preprocessing comes from timm's own data config for the model (input size, mean/std, interpolation),
-overridable under `data_config`; training-time augmentation (timm's train transform) is opt-in.
-Weights come from a local file (`weights=PATH`: a state dict saved with torch.save, or .safetensors);
-nothing is downloaded. `freeze` trains all, none, or only the last N blocks of the backbone.
+Images of any shape (`resize`, see `Geometry`): by default the aspect ratio is kept, the shorter side is
+scaled to the model's input size and a batch is padded to its largest image, so a text line or a
+panorama is not squashed into a square. Images sit at the top left of the padded area; a feature position
+is real when the pixels it tiles hold any of the image (`real_cells`), and the context mask is False for
+the others. While a padded batch runs, the padding is zeroed before every layer that mixes neighbouring
+positions (`PaddingMask`), and a ViT's padded patches are kept out of self-attention, so an image's
+context is the same alone and in a padded batch (in eval mode; what still differs: `TimmImageEncoder`).
+
+Preprocessing comes from timm's own data config for the model (mean/std, interpolation, input size),
+overridable under `data_config`; training-time augmentation is opt-in. Weights come from a local file
+(`weights=PATH`: a state dict saved with torch.save, or .safetensors); nothing is downloaded. `freeze`
+trains all, none, or only the last N blocks of the backbone.
 """
 
 from __future__ import annotations
@@ -20,18 +27,27 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
+import random
 import sys
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import timm
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
+from timm.data.transforms import str_to_pil_interp
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+from torchvision import transforms
 
 from mmxattn.context import Context, ContextView, patch_grid
 from mmxattn.errors import ConfigError, DataError
+from mmxattn.layers import sinusoidal_positions
 from mmxattn.registry import EncoderPlugin, Processor
 
 log = logging.getLogger(__name__)
@@ -39,6 +55,10 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 AUGMENT_KEYS = ("scale", "ratio", "hflip", "vflip", "color_jitter", "auto_augment", "re_prob", "train_crop_mode")
+ASPECT_AUGMENT_KEYS = ("scale", "ratio", "hflip", "vflip", "color_jitter")  # what resize=shorter|pad can do
+RESIZE_MODES = ("shorter", "pad", "squash")
+# A config without `resize` (a model exported before it existed) was trained on squashed images.
+LEGACY_RESIZE = "squash"
 
 
 def _plain(value: Any) -> Any:
@@ -54,6 +74,7 @@ def _plain(value: Any) -> Any:
 
 
 def _model_kwargs(cfg: Mapping[str, Any]) -> dict:
+    """The user's timm.create_model arguments, plus dynamic_img_size for ViTs under resize=shorter."""
     kwargs = dict(_plain(cfg.get("model_kwargs")) or {})
     for key in ("pretrained", "num_classes"):
         if key in kwargs:
@@ -61,7 +82,17 @@ def _model_kwargs(cfg: Mapping[str, Any]) -> dict:
                 f"encoder.model_kwargs.{key} is set by the plugin (pretrained=False, num_classes=0); "
                 "load weights with encoder.weights=PATH instead"
             )
+    # Images of varying size need a ViT that resamples its position embeddings to each input's grid.
+    if _resize(cfg) == "shorter" and "dynamic_img_size" not in kwargs and _has_dynamic_size(cfg["model_name"]):
+        kwargs["dynamic_img_size"] = True
     return kwargs
+
+
+def _resize(cfg: Mapping[str, Any]) -> str:
+    resize = str(cfg.get("resize") or LEGACY_RESIZE)
+    if resize not in RESIZE_MODES:
+        raise ConfigError(f"encoder.resize={resize!r}; expected one of {', '.join(RESIZE_MODES)}")
+    return resize
 
 
 def _create(model_name: str, kwargs: dict) -> nn.Module:
@@ -77,18 +108,54 @@ def _create(model_name: str, kwargs: dict) -> nn.Module:
         raise ConfigError(f"encoder.model_kwargs={kwargs} not accepted by timm model {model_name}: {e}") from e
 
 
+@functools.lru_cache(maxsize=16)
+def _has_dynamic_size(model_name: str) -> bool:
+    """Whether the model has timm's `dynamic_img_size` switch (ViTs and their kin), built on the meta device."""
+    with torch.device("meta"):
+        return hasattr(_create(model_name, {}), "dynamic_img_size")
+
+
 def _channels_last(model: nn.Module) -> bool:
     """Whether forward_features returns [B, H, W, C] (Swin, some MaxViT variants) instead of [B, C, H, W]."""
     return str(getattr(model, "output_fmt", "NCHW")).upper().endswith("NHWC")
 
 
-@functools.lru_cache(maxsize=16)
-def _probe(model_name: str, kwargs_json: str, overrides_json: str) -> tuple[dict, int, int, int]:
-    """(timm data config, tokens incl. prefix, token width, prefix tokens) for a model, without real weights.
+def _stride(model: nn.Module) -> int | None:
+    """Pixels per step of the final feature grid (timm's `reduction`: 32 for a ResNet, the patch size of a ViT)."""
+    info = getattr(model, "feature_info", None)
+    if isinstance(info, list) and info and "reduction" in info[-1]:
+        return int(info[-1]["reduction"])
+    return None
 
-    The model is built on the meta device and run on a meta tensor: shapes only, no memory, no compute,
-    so a DataLoader worker or a ViT-L pays nothing for it.
-    """
+
+def _grid(features: torch.Tensor, model: nn.Module, size: Sequence[int], stride: int | None) -> tuple[int, int]:
+    """The feature grid of an input of `size` (H, W) pixels: a feature map's (rows, cols), or a ViT's patches."""
+    if features.dim() == 4:  # [B, C, H, W], or [B, H, W, C]
+        return tuple(features.shape[1:3]) if _channels_last(model) else tuple(features.shape[2:])
+    prefix = int(getattr(model, "num_prefix_tokens", 0))
+    grid = (size[0] // stride, size[1] // stride) if stride else (0, 0)
+    if grid[0] * grid[1] != features.shape[1] - prefix:
+        raise ConfigError(f"timm model {type(model).__name__} returns {features.shape[1]} tokens for {tuple(size)} pixels, "
+                          "which mmxattn cannot map to a patch grid of the image; use a CNN or a timm VisionTransformer")
+    return grid
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What the plugin needs to know about a model before building it."""
+
+    data_config: dict            # timm's, with the config's overrides
+    width: int                   # token width
+    stride: int                  # pixels per feature-grid step
+    canvas_grid: tuple[int, int]  # the feature grid at data_config's input_size
+    prefix: int                  # class/register tokens before the grid (0 for CNNs)
+    feature_map: bool            # a CNN-like [B, C, H, W] map (True) or tokens [B, N, C] (a ViT)
+
+
+@functools.lru_cache(maxsize=16)
+def _probe(model_name: str, kwargs_json: str, overrides_json: str, resize: str) -> Probe:
+    """Run the model on the meta device: shapes only, no memory, no compute, so that a DataLoader worker or
+    a ViT-L pays nothing for it."""
     kwargs, overrides = json.loads(kwargs_json), json.loads(overrides_json)
     with torch.device("meta"):
         model = _create(model_name, kwargs).eval()  # eval: BatchNorm accepts a 1×1 map of one image
@@ -100,30 +167,47 @@ def _probe(model_name: str, kwargs_json: str, overrides_json: str) -> tuple[dict
         args["input_size"] = (3, *(size if isinstance(size, (list, tuple)) else (size, size)))
     args.update({k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
     data_config = resolve_data_config(args, model=model)
+    canvas = tuple(data_config["input_size"][1:])
+    features = _meta_features(model, model_name, canvas)
+    grid = _grid(features, model, canvas, _stride(model))
+    stride = _stride(model) or max(1, canvas[0] // grid[0])
+    if resize == "shorter":  # the model must take other sizes than its canvas: try a wide one
+        wide = (2 * stride, 5 * stride)
+        if _grid(_meta_features(model, model_name, wide, resize), model, wide, stride) != (2, 5):
+            raise ConfigError(f"timm model {model_name} does not map a {wide[0]}×{wide[1]} image to a 2×5 feature grid; "
+                              "use encoder.resize=pad (a fixed input size)")
+    prefix = int(getattr(model, "num_prefix_tokens", 0)) if features.dim() == 3 else 0
+    width = int(features.shape[1 if features.dim() == 4 and not _channels_last(model) else -1])
+    return Probe(data_config, width, stride, grid, prefix, features.dim() == 4)
+
+
+def _meta_features(model: nn.Module, model_name: str, size: tuple[int, int], resize: str | None = None) -> torch.Tensor:
     try:
         with torch.device("meta"):
-            features = model.forward_features(torch.zeros(1, *data_config["input_size"]))
+            return model.forward_features(torch.zeros(1, 3, *size))
     except Exception as e:
-        raise ConfigError(
-            f"timm model {model_name} does not accept input_size={data_config['input_size']} "
-            f"({type(e).__name__}: {e}); change encoder.data_config.input_size or encoder.model_kwargs.img_size"
-        ) from e
-    tokens = _to_tokens(features, prefix=0, keep_prefix=True, channels_last=_channels_last(model))
-    return data_config, int(tokens.shape[1]), int(tokens.shape[2]), int(getattr(model, "num_prefix_tokens", 0))
+        fix = ("use encoder.resize=pad (a fixed input size)" if resize == "shorter" else
+               "change encoder.data_config.input_size or encoder.model_kwargs.img_size")
+        raise ConfigError(f"timm model {model_name} does not accept input_size={[3, *size]} "
+                          f"({type(e).__name__}: {e}); {fix}") from e
 
 
-def probe(cfg: Mapping[str, Any]) -> tuple[dict, int, int]:
-    """(timm data config with the config's overrides, context tokens per image, token width)."""
+def probe(cfg: Mapping[str, Any]) -> tuple[Probe, "Geometry"]:
+    """The model's probe and the image geometry the config asks for."""
     overrides = {k: v for k, v in (_plain(cfg.get("data_config")) or {}).items() if v is not None}
     unknown = set(overrides) - set(DATA_CONFIG_KEYS)
     if unknown:
         raise ConfigError(f"encoder.data_config: unknown keys {sorted(unknown)}; allowed: {', '.join(DATA_CONFIG_KEYS)}")
-    data_config, n_tokens, width, n_prefix = _probe(
-        cfg["model_name"], json.dumps(_model_kwargs(cfg), sort_keys=True), json.dumps(overrides, sort_keys=True)
-    )
-    if cfg.get("prefix_tokens", "drop") == "drop":
-        n_tokens -= n_prefix
-    return dict(data_config), n_tokens, width
+    resize = _resize(cfg)
+    max_aspect = float(cfg.get("max_aspect") or 16)
+    if max_aspect < 1:
+        raise ConfigError(f"encoder.max_aspect={max_aspect}; expected ≥ 1 (longer side ÷ shorter side)")
+    found = _probe(cfg["model_name"], json.dumps(_model_kwargs(cfg), sort_keys=True),
+                   json.dumps(overrides, sort_keys=True), resize)
+    keep = cfg.get("prefix_tokens", "drop") == "keep"
+    geometry = Geometry(resize, tuple(found.data_config["input_size"][1:]), found.stride, found.canvas_grid,
+                        found.prefix if keep else 0, max_aspect)
+    return found, geometry
 
 
 def _to_tokens(features: torch.Tensor, *, prefix: int, keep_prefix: bool, channels_last: bool) -> torch.Tensor:
@@ -135,6 +219,86 @@ def _to_tokens(features: torch.Tensor, *, prefix: int, keep_prefix: bool, channe
     if features.dim() == 3:  # [B, prefix + N, C]
         return features if keep_prefix else features[:, prefix:]
     raise ConfigError(f"forward_features returned shape {tuple(features.shape)}; expected [B, N, C] or [B, C, H, W]")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Geometry: images of any shape -> padded batches -> which feature positions are real
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def real_cells(sizes: torch.Tensor, padded: Sequence[int], grid: Sequence[int]) -> torch.Tensor:
+    """Rows and columns [B, 2] of a feature grid that hold real pixels.
+
+    sizes: [B, 2] (height, width) of each image's pixels, at the top left of a padded batch of `padded`
+    (H, W) pixels. Position (i, j) of a gh × gw grid tiles the pixels [i·H/gh, (i+1)·H/gh) ×
+    [j·W/gw, (j+1)·W/gw), and is real when its tile holds at least one pixel of the image:
+    i < ceil(h·gh/H). With H a multiple of the stride s (gh = H/s) that is ceil(h/s) rows: the feature
+    map the image has on its own, padded to the stride. Positions whose tile is only padding are masked.
+    """
+    grid = torch.tensor(tuple(grid), device=sizes.device)
+    padded = torch.tensor(tuple(padded), device=sizes.device)
+    return (sizes * grid + padded - 1) // padded  # [B, 2]
+
+
+def grid_mask(cells: torch.Tensor, grid: Sequence[int], prefix: int = 0) -> torch.Tensor:
+    """[B, prefix + gh·gw] bool, row by row like the flattened grid: True for the prefix (class/register)
+    tokens and the real cells (`cells` [B, 2] rows and columns, from real_cells)."""
+    rows = torch.arange(grid[0], device=cells.device) < cells[:, :1]  # [B, gh]
+    cols = torch.arange(grid[1], device=cells.device) < cells[:, 1:]  # [B, gw]
+    real = (rows[:, :, None] & cols[:, None, :]).flatten(1)  # [B, gh·gw]
+    return torch.cat([real.new_ones(len(cells), prefix), real], 1)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How an image of any shape becomes the model's pixels, and how many context positions it gets.
+
+    resize:
+    - "shorter": keep the aspect ratio; the shorter side becomes the smaller side of `canvas` (timm's
+      input_size), the longer side follows up to `max_aspect` times that (a longer image is scaled down
+      to fit). A batch is padded to its tallest and widest image, rounded up to the stride. For CNNs, and
+      ViTs through timm's dynamic_img_size. Text lines, panoramas and tall documents keep their detail.
+    - "pad": keep the aspect ratio; fit the whole image into `canvas` and pad the rest. A fixed input
+      size, so it suits every model (a ViT without dynamic_img_size).
+    - "squash": stretch the image to `canvas` (timm's own transform; the aspect ratio is lost).
+    """
+
+    resize: str
+    canvas: tuple[int, int]       # (H, W) of timm's input_size
+    stride: int                   # pixels per feature-grid step
+    canvas_grid: tuple[int, int]  # the feature grid at `canvas`
+    prefix: int = 0               # context positions before the grid (class/register tokens, when kept)
+    max_aspect: float = 16.0
+
+    def resized(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) an image of this size is resized to, before padding."""
+        if self.resize == "squash":
+            return self.canvas
+        if self.resize == "pad":
+            scale = min(self.canvas[0] / height, self.canvas[1] / width)
+        else:
+            short = min(self.canvas)
+            scale = min(short / min(height, width), short * self.max_aspect / max(height, width))
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+    def padded(self, sizes: Sequence[Sequence[int]]) -> tuple[int, int]:
+        """(H, W) of a batch of images of these (resized) sizes."""
+        if self.resize != "shorter":
+            return self.canvas
+        return round_up(max(h for h, _ in sizes), self.stride), round_up(max(w for _, w in sizes), self.stride)
+
+    def grid(self, padded: Sequence[int]) -> tuple[int, int]:
+        """The feature grid of a batch of `padded` (H, W) pixels."""
+        if self.resize != "shorter":
+            return self.canvas_grid
+        return padded[0] // self.stride, padded[1] // self.stride
+
+    def positions(self, height: int, width: int) -> int:
+        """Context positions of an image of this original size in a batch of its own."""
+        return self.prefix + math.prod(self.grid(self.padded([self.resized(height, width)])))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -243,24 +407,153 @@ def block_groups(backbone: nn.Module) -> list[list[str]]:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Padded batches inside the backbone
+
+
+def _mixes_positions(module: nn.Module) -> bool:
+    """Layers through which a position reads its neighbours: convolutions wider than 1×1, and pooling."""
+    if isinstance(module, nn.Conv2d):
+        return tuple(module.kernel_size) != (1, 1)
+    return isinstance(module, (nn.MaxPool2d, nn.AvgPool2d))
+
+
+def _zero_padding(module: nn.Module, args: tuple) -> tuple | None:
+    """Forward pre-hook: zero the padding of the input [B, C, h, w] while `module._mmx_padding` is set."""
+    padding = getattr(module, "_mmx_padding", None)
+    if padding is None:
+        return None
+    sizes, padded = padding
+    x = args[0]  # [B, C, h, w]
+    grid = tuple(x.shape[-2:])
+    keep = grid_mask(real_cells(sizes, padded, grid), grid).view(-1, 1, *grid)  # [B, 1, h, w]
+    return (x * keep.to(x.dtype), *args[1:])
+
+
+class PaddingMask:
+    """Makes a padded batch compute, at the real positions, what each image computes alone.
+
+    Alone, an image's border sees a convolution's zero padding. In a padded batch, the first convolution
+    writes values computed from the image's border pixels into the padding next to it (and biases and
+    normalisation shifts make the rest of the padding non-zero), and every later convolution reads them
+    back into real positions: in a ResNet stem, 1-3% of the final features. So while a padded batch runs,
+    the input of every layer that mixes neighbouring positions is zeroed outside the image's real cells
+    (at that layer's own resolution, by `real_cells`). The state lives on the hooked modules themselves,
+    so a deep copy of the encoder carries working hooks.
+    """
+
+    def __init__(self, backbone: nn.Module):
+        self.layers = [m for m in backbone.modules() if _mixes_positions(m)]
+        for layer in self.layers:
+            layer.register_forward_pre_hook(_zero_padding)
+
+    @contextmanager
+    def active(self, sizes: torch.Tensor, padded: Sequence[int]):
+        for layer in self.layers:
+            layer._mmx_padding = (sizes, tuple(padded))
+        try:
+            yield
+        finally:
+            for layer in self.layers:
+                layer._mmx_padding = None
+
+
+def _own_position_embeddings(vit: VisionTransformer, x: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """`vit._pos_embed` of patches x [B, gh, gw, C] -> [B, prefix + gh·gw, C], with each image's position
+    embeddings resampled to its own grid of real cells (`cells` [B, 2]).
+
+    timm's dynamic_img_size resamples them to the whole input, so a patch's embedding would depend on how
+    far its batch is padded; here it depends on the image alone.
+    """
+    _, gh, gw, _ = x.shape
+    out = vit._pos_embed(x)  # right for the images that fill the grid
+    prefix = out.shape[1] - gh * gw
+    for h, w in {tuple(c) for c in cells.tolist()} - {(gh, gw)}:
+        rows = ((cells[:, 0] == h) & (cells[:, 1] == w)).nonzero().squeeze(1)
+        own = vit._pos_embed(x[rows, :h, :w].contiguous())  # [b, prefix + h·w, C]
+        patches = F.pad(own[:, prefix:].unflatten(1, (h, w)), (0, 0, 0, gw - w, 0, gh - h))  # [b, gh, gw, C]
+        out = out.index_copy(0, rows, torch.cat([own[:, :prefix], patches.flatten(1, 2)], 1))
+    return out
+
+
+def _vit_features(vit: VisionTransformer, images: torch.Tensor, sizes: torch.Tensor, stride: int) -> torch.Tensor:
+    """`vit.forward_features` of a padded batch: padded patches take no part in self-attention, and each
+    image has its own position embeddings (with dynamic_img_size)."""
+    padded = images.shape[-2:]
+    grid = (padded[0] // stride, padded[1] // stride)
+    cells = real_cells(sizes, padded, grid)  # [B, 2]
+    x = vit.patch_embed(images)  # [B, gh, gw, C] with dynamic_img_size, else [B, gh·gw, C]
+    x = _own_position_embeddings(vit, x, cells) if x.dim() == 4 else vit._pos_embed(x)
+    x = vit.norm_pre(vit.patch_drop(x))  # [B, prefix + gh·gw, C]
+    keys = grid_mask(cells, grid, vit.num_prefix_tokens)[:, None, None, :]  # [B, 1, 1, S]: who may be attended
+    for block in vit.blocks:
+        x = block(x, attn_mask=keys)
+    return vit.norm(x)
+
+
+class GridPositions(nn.Module):
+    """Tells the decoder where each token of a feature map sits: a learned linear map of a 2-D sine-cosine
+    code of its cell (the row in half the channels, the column in the other half), added to the token.
+
+    A CNN's feature map carries position only implicitly, through the zero padding at its borders, which
+    a model trained from scratch learns slowly; reading a text line or a stack of shapes in order needs
+    it. (ViT tokens have position embeddings of their own.) The code numbers cells from the top left, so
+    it is the same alone and in a padded batch. The map starts random (nn.Linear's init), not at zero:
+    a from-scratch CNN's tokens start nearly alike, so cross-attention over them is uniform, and through
+    uniform attention a zero map gets the same gradient at every cell and learns only the average code.
+    """
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.proj = nn.Linear(width, width, bias=False)
+
+    def forward(self, tokens: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+        width, device = tokens.shape[-1], tokens.device  # tokens [B, gh·gw, C]
+        rows = sinusoidal_positions(grid[0], width // 2, device=device)[:, None].expand(-1, grid[1], -1)  # [gh, gw, C/2]
+        cols = sinusoidal_positions(grid[1], width - width // 2, device=device)[None].expand(grid[0], -1, -1)
+        code = torch.cat([rows, cols], -1).flatten(0, 1)  # [gh·gw, C]
+        return tokens + self.proj(code.to(tokens.dtype))
+
+
+# ----------------------------------------------------------------------------------------------------
 # The encoder
 
 
 class TimmImageEncoder(nn.Module):
-    """images [B, 3, H, W] -> Context(states [B, S, C], mask [B, S] all True)."""
+    """images [B, 3, H, W] (+ sizes [B, 2] of their real pixels) -> Context(states [B, S, C], mask [B, S]).
+
+    An image's real positions come out the same alone (a batch of one, padded to the stride) and in a
+    padded batch, up to float rounding (≤ 1e-4 relative), for CNNs built from convolutions, pooling and
+    per-position layers (ResNet, ConvNeXt, RegNet, ...) and for timm VisionTransformers, in eval mode.
+    What still sees the padding, and so differs by how much a batch is padded: BatchNorm's batch
+    statistics in training mode, layers that pool over the whole map (squeeze-excitation in SE-ResNet or
+    EfficientNet) or attend over it (other token models than timm's VisionTransformer).
+    """
 
     def __init__(self, *, model_name: str, model_kwargs: dict | None = None, weights: str | None = None,
-                 freeze: Any = "none", prefix_tokens: str = "drop"):
+                 freeze: Any = "none", prefix_tokens: str = "drop", stride: int | None = None,
+                 positions: bool = False, norm: bool = False):
         super().__init__()
         if prefix_tokens not in ("drop", "keep"):
             raise ConfigError(f"encoder.prefix_tokens={prefix_tokens!r}; expected drop or keep")
         self.backbone = _create(model_name, dict(model_kwargs or {}))
         if weights:
             load_weights(self.backbone, weights)
+        # Convolutions run 1.4-1.6× faster channels-last on a CPU (oneDNN; measured: resnet10t training
+        # steps on 64 × 256 strips), and on tensor cores; the weights' values and names do not change.
+        self.backbone.to(memory_format=torch.channels_last)
         self.keep_prefix = prefix_tokens == "keep"
         self.num_prefix_tokens = int(getattr(self.backbone, "num_prefix_tokens", 0))
         self.channels_last = _channels_last(self.backbone)
+        self.stride = stride or _stride(self.backbone)
+        self.padding = PaddingMask(self.backbone)
         self.output_dim = int(self.backbone.num_features)
+        # For feature maps (see the plugin): where each token sits, and a LayerNorm over each token. A CNN's
+        # features (post-ReLU, of whatever scale training gives them) end without one, unlike a ViT's tokens
+        # or mmxattn's text and audio encoders; from scratch they start about 0.07 in size and nearly alike,
+        # and cross-attention over them learns slowly (the digit strips of recipes/captioning/other_tasks.py:
+        # three runs without the norm still repeated one word after 3-4 epochs, one with it read digits after 3).
+        self.positions = GridPositions(self.output_dim) if positions else None
+        self.norm = nn.LayerNorm(self.output_dim) if norm else None
         self.freeze = parse_freeze(freeze)
         self._apply_freeze()
         if self.freeze != "none" and not weights:
@@ -304,15 +597,33 @@ class TimmImageEncoder(nn.Module):
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> Context:
         images = batch["images"]  # [B, 3, H, W]
-        if self.frozen:
-            with torch.no_grad():
-                features = self.backbone.forward_features(images)
-        else:
-            features = self.backbone.forward_features(images)
+        padded = tuple(images.shape[-2:])
+        sizes = batch.get("sizes")  # [B, 2] (height, width) of each image's real pixels; absent: all of them
+        if sizes is not None and bool((sizes == sizes.new_tensor(padded)).all()):
+            sizes = None  # nothing is padded: the plain forward
+        with torch.no_grad() if self.frozen else nullcontext():
+            features = self._features(images, sizes)
         tokens = _to_tokens(features, prefix=self.num_prefix_tokens, keep_prefix=self.keep_prefix,
                             channels_last=self.channels_last)  # [B, S, C]
-        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)  # [B, S]
+        grid = _grid(features, self.backbone, padded, self.stride)
+        if self.positions is not None:
+            tokens = self.positions(tokens, grid)
+        if self.norm is not None:
+            tokens = self.norm(tokens)
+        if sizes is None:
+            return Context(tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device))
+        prefix = self.num_prefix_tokens if self.keep_prefix and features.dim() == 3 else 0
+        mask = grid_mask(real_cells(sizes.to(tokens.device), padded, grid), grid, prefix)  # [B, S]
         return Context(tokens, mask)
+
+    def _features(self, images: torch.Tensor, sizes: torch.Tensor | None) -> torch.Tensor:
+        images = images.contiguous(memory_format=torch.channels_last)  # [B, 3, H, W], stored [B, H, W, 3]
+        if sizes is None:
+            return self.backbone.forward_features(images)
+        with self.padding.active(sizes.to(images.device), images.shape[-2:]):
+            if isinstance(self.backbone, VisionTransformer):
+                return _vit_features(self.backbone, images, sizes.to(images.device), self.stride)
+            return self.backbone.forward_features(images)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -360,13 +671,80 @@ def load_image(path: str | Path) -> Image.Image:
         raise DataError(f"{path}: image cannot be decoded ({type(e).__name__}: {e}); is the file truncated?") from e
 
 
+class AspectAugment:
+    """Training-time augmentation that keeps an image's own shape (resize=shorter|pad).
+
+    A random crop of `scale` of the area whose aspect ratio is the image's own times a factor from
+    `ratio` (timm's random-resized crop takes the ratio as absolute, which would cut a square out of a
+    text line), then optional flips and colour jitter.
+    """
+
+    def __init__(self, scale=(0.5, 1.0), ratio=(0.75, 1.3333), hflip=0.0, vflip=0.0, color_jitter=0.0):
+        self.scale, self.ratio = tuple(scale), tuple(ratio)
+        self.hflip, self.vflip = float(hflip), float(vflip)
+        jitter = color_jitter if isinstance(color_jitter, (list, tuple)) else (color_jitter,) * 3
+        self.jitter = transforms.ColorJitter(*jitter[:4]) if any(jitter) else None
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        width, height = image.size
+        area = random.uniform(*self.scale)
+        stretch = math.exp(random.uniform(math.log(self.ratio[0]), math.log(self.ratio[1])))
+        w = min(width, max(1, round(width * math.sqrt(area * stretch))))
+        h = min(height, max(1, round(height * math.sqrt(area / stretch))))
+        left, top = random.randint(0, width - w), random.randint(0, height - h)
+        image = image.crop((left, top, left + w, top + h))
+        if random.random() < self.hflip:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if random.random() < self.vflip:
+            image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+        return self.jitter(image) if self.jitter is not None else image
+
+
+class AspectResize:
+    """PIL image -> the size `Geometry.resized` gives it (aspect ratio kept)."""
+
+    def __init__(self, geometry: "Geometry", interpolation: str):
+        self.geometry, self.resample = geometry, str_to_pil_interp(interpolation)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        height, width = self.geometry.resized(image.height, image.width)
+        return image.resize((width, height), self.resample)
+
+
+def build_transform(data_config: dict, geometry: "Geometry", augment: dict | None) -> transforms.Compose:
+    """PIL RGB image -> normalised tensor [3, h, w]: timm's own transform for resize=squash, else
+    (optional AspectAugment) + AspectResize + timm's mean/std."""
+    if geometry.resize == "squash":
+        return create_transform(**data_config, is_training=augment is not None, **(augment or {}))
+    squash_only = sorted(k for k, v in (augment or {}).items() if k not in ASPECT_AUGMENT_KEYS and v)
+    if squash_only:
+        raise ConfigError(f"encoder.augmentation.{squash_only[0]} works with encoder.resize=squash only (timm's train "
+                          f"transform); with resize={geometry.resize} use {', '.join(ASPECT_AUGMENT_KEYS)}")
+    steps = [AspectAugment(**{k: v for k, v in augment.items() if k in ASPECT_AUGMENT_KEYS})] if augment is not None else []
+    steps += [AspectResize(geometry, data_config["interpolation"]), transforms.ToTensor(),
+              transforms.Normalize(data_config["mean"], data_config["std"])]
+    return transforms.Compose(steps)
+
+
+def _image_size(path: str | Path) -> tuple[int, int] | None:
+    """(height, width) from the file's header (nothing decoded), or None when it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except Exception:  # the image loader names the file when it is really read
+        return None
+
+
 class ImageProcessor(Processor):
-    """A path -> a normalized image tensor [3, H, W] (timm's transform); collate stacks them."""
+    """A path -> a normalised image tensor [3, h, w] at its resized size; collate pads a batch of them
+    (zeros: the mean colour after normalisation, what a convolution pads with) and masks the padding."""
 
     length_unit = "image positions"  # what `length` counts, for messages about data.max_len
 
-    def __init__(self, transform, num_tokens: int):
-        self.transform, self.num_tokens = transform, num_tokens
+    def __init__(self, transform, geometry: Geometry, mean: Sequence[float], std: Sequence[float]):
+        self.transform, self.geometry = transform, geometry
+        self.mean = torch.as_tensor(mean, dtype=torch.float32)[:, None, None]  # [3, 1, 1]
+        self.std = torch.as_tensor(std, dtype=torch.float32)[:, None, None]
 
     def __call__(self, raw: str | Path) -> torch.Tensor:
         image = load_image(raw)
@@ -376,26 +754,44 @@ class ImageProcessor(Processor):
             raise DataError(f"{raw}: image transform failed ({type(e).__name__}: {e})") from e
 
     def length(self, raw: str | Path) -> int:
-        return self.num_tokens  # every image gives the same number of context tokens
+        """Context positions, which is what a batch pays for an image (with shorter: from its size)."""
+        if self.geometry.resize != "shorter":
+            return self.geometry.prefix + math.prod(self.geometry.canvas_grid)
+        size = _image_size(raw) or self.geometry.canvas
+        return self.geometry.positions(*size)
+
+    def collate(self, items: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        sizes = [tuple(item.shape[-2:]) for item in items]
+        padded = self.geometry.padded(sizes)
+        images = items[0].new_zeros(len(items), items[0].shape[0], *padded)  # [B, 3, H, W]
+        for image, item, (h, w) in zip(images, items, sizes):
+            image[:, :h, :w] = item
+        sizes = torch.tensor(sizes, dtype=torch.long)  # [B, 2] real (height, width), top left
+        grid = self.geometry.grid(padded)
+        mask = grid_mask(real_cells(sizes, padded, grid), grid, self.geometry.prefix)  # [B, S]
+        return {"images": images, "sizes": sizes, "mask": mask}
 
     def describe_context(self, raw: str | Path, n_positions: int) -> ContextView:
-        """The image as the model saw it (resized, cropped; normalisation undone) and the feature grid
-        its context positions tile."""
-        pixels = self(raw)  # [3, H, W], normalised
-        normalize = next((t for t in reversed(getattr(self.transform, "transforms", []))
-                          if hasattr(t, "mean") and hasattr(t, "std")), None)
-        if normalize is not None:
-            pixels = pixels * torch.as_tensor(normalize.std)[:, None, None] + torch.as_tensor(normalize.mean)[:, None, None]
-        image = (pixels.clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()  # [H, W, 3]
+        """The image as the model saw it (resized, padded to its cells; normalisation undone) and the grid
+        of its real positions, which the attention maps list row by row."""
+        batch = self.collate([self(raw)])
+        pixels = batch["images"][0] * self.std + self.mean  # [3, H, W]
+        padded = tuple(pixels.shape[-2:])
+        grid = self.geometry.grid(padded)
+        rows, cols = real_cells(batch["sizes"], padded, grid)[0].tolist()
+        if self.geometry.prefix + rows * cols == n_positions:  # crop to the pixels the real cells tile
+            pixels = pixels[:, : round(rows * padded[0] / grid[0]), : round(cols * padded[1] / grid[1])]
+            return ContextView(kind="image", image=_to_uint8(pixels), grid=(rows, cols), prefix=self.geometry.prefix)
+        image = _to_uint8(pixels)
         found = patch_grid(n_positions, image.shape[0], image.shape[1])
         if found is None:
             return ContextView(kind="image", image=image)
-        grid, prefix = found
-        return ContextView(kind="image", image=image, grid=grid, prefix=prefix)
+        return ContextView(kind="image", image=image, grid=found[0], prefix=found[1])
 
-    def collate(self, items: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        images = torch.stack(list(items))  # [B, 3, H, W]
-        return {"images": images, "mask": torch.ones(len(items), self.num_tokens, dtype=torch.bool)}
+
+def _to_uint8(pixels: torch.Tensor):
+    """[3, H, W] in [0, 1] -> numpy [H, W, 3] uint8."""
+    return (pixels.clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
 
 
 class ImageTimmPlugin(EncoderPlugin):
@@ -403,26 +799,29 @@ class ImageTimmPlugin(EncoderPlugin):
     file_extensions = IMAGE_EXTENSIONS
 
     def build_encoder(self, cfg: Mapping[str, Any], *, tokenizer=None) -> TimmImageEncoder:
-        _, _, width = probe(cfg)  # checks model name, kwargs and input size before allocating weights
+        found, _ = probe(cfg)  # checks model name, kwargs and input size before allocating weights
         encoder = TimmImageEncoder(
             model_name=cfg["model_name"], model_kwargs=_model_kwargs(cfg), weights=cfg.get("weights"),
-            freeze=cfg.get("freeze", "none"), prefix_tokens=cfg.get("prefix_tokens", "drop"),
+            freeze=cfg.get("freeze", "none"), prefix_tokens=cfg.get("prefix_tokens", "drop"), stride=found.stride,
+            # a config without `positions` or `norm` (a model exported before they existed) has neither
+            positions=bool(cfg.get("positions", False)) and found.feature_map,
+            norm=bool(cfg.get("norm", False)) and found.feature_map,
         )
-        encoder.output_dim = width  # the width forward_features really returns
+        encoder.output_dim = found.width  # the width forward_features really returns
         return encoder
 
     def build_processor(self, cfg: Mapping[str, Any], *, tokenizer=None, train: bool = False) -> ImageProcessor:
-        data_config, num_tokens, _ = probe(cfg)
+        found, geometry = probe(cfg)
+        augment = None
         if train and cfg.get("augment", False):
-            options = {k: v for k, v in (_plain(cfg.get("augmentation")) or {}).items() if v is not None}
-            unknown = set(options) - set(AUGMENT_KEYS)
+            augment = {k: v for k, v in (_plain(cfg.get("augmentation")) or {}).items() if v is not None}
+            unknown = set(augment) - set(AUGMENT_KEYS)
             if unknown:
                 raise ConfigError(f"encoder.augmentation: unknown keys {sorted(unknown)}; allowed: {', '.join(AUGMENT_KEYS)}")
-            options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-            transform = create_transform(**data_config, is_training=True, **options)
-        else:
-            transform = create_transform(**data_config, is_training=False)
-        return ImageProcessor(transform, num_tokens)
+            augment = {k: tuple(v) if isinstance(v, list) else v for k, v in augment.items()}
+        data_config = found.data_config
+        return ImageProcessor(build_transform(data_config, geometry, augment), geometry, data_config["mean"],
+                              data_config["std"])
 
 
 plugin = ImageTimmPlugin()

@@ -10,7 +10,7 @@ from torch import nn
 
 from mmxattn.context import Context, ContextView
 from mmxattn.errors import ConfigError
-from mmxattn.layers import Dropout, TransformerEncoder, sinusoidal_positions
+from mmxattn.layers import TransformerEncoder, sinusoidal_positions
 from mmxattn.registry import EncoderPlugin, Processor
 from mmxattn.tokenizer import PAD
 
@@ -23,7 +23,7 @@ class TextEncoder(nn.Module):
         self.embed = nn.Embedding(vocab_size, d_model, padding_idx=PAD)
         nn.init.normal_(self.embed.weight, std=d_model**-0.5)
         self.scale = math.sqrt(d_model)
-        self.drop = Dropout(dropout)
+        self.drop = nn.Dropout(dropout)
         self.encoder = TransformerEncoder(d_model, num_layers, num_heads, ffn_dim, dropout)
         self.register_buffer("positions", sinusoidal_positions(1024, d_model), persistent=False)
 

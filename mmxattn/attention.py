@@ -1,8 +1,9 @@
 """Multi-head attention for both self-attention and cross-attention.
 
 Cross-attention is ordinary attention whose keys/values come from another sequence (the context), of
-another length and possibly another width. Everything runs on `scaled_dot_product_attention` unless the
-caller asks for the attention weights, which SDPA cannot return.
+another length and possibly another width. Its keys/values are projected once per source (`project`,
+giving a `Memory`) and reused at every decode step. Everything runs on `scaled_dot_product_attention`
+unless the caller asks for the attention weights, which SDPA cannot return.
 
 Shapes: N = rows of queries (batch × beams), B = context rows (sources), H = heads, T = query length,
 S = key length, Dh = head width.
@@ -11,12 +12,14 @@ S = key length, Dh = head width.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fast_linear import Linear
+from .context import Context
+from .errors import ConfigError
 
 
 class KVCache:
@@ -93,6 +96,41 @@ def padding_mask_or_none(mask: torch.Tensor) -> torch.Tensor | None:
     return None if bool(mask.all()) else mask
 
 
+@dataclass
+class Memory:
+    """A context as one cross-attention reads it: keys/values projected once per source, and its mask.
+
+    keys, values: [B, H, S, Dh]; mask: [B, S] True = real (None: nothing padded); empty: [B] rows with no
+    real position at all (None: there are none). A softmax over no position is NaN, so such a row (a
+    sample lacking every source it could read) attends to its placeholder positions and its output is
+    zeroed: it is exactly the sample without cross-attention.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    mask: torch.Tensor | None
+    empty: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> "Memory":
+        if keys.shape[2] == 0:  # no position at all in this batch: one placeholder, read by nobody
+            keys, values = keys.new_zeros(*keys.shape[:2], 1, keys.shape[3]), values.new_zeros(*values.shape[:2], 1, values.shape[3])
+            mask = mask.new_zeros(mask.shape[0], 1)
+        # contiguous: SDPA reads them once per decode step per layer, faster than through strided views
+        keys, values, mask = keys.contiguous(), values.contiguous(), padding_mask_or_none(mask)
+        empty = None if mask is None else ~mask.any(1)
+        if empty is not None and bool(empty.any()):
+            mask = mask | empty[:, None]
+        else:
+            empty = None
+        return cls(keys, values, mask, empty)
+
+    def index_select(self, index: torch.Tensor) -> "Memory":
+        """Keep sources `index` (a source whose hypotheses all finished is dropped from a decode)."""
+        pick = (lambda t: None if t is None else t.index_select(0, index))
+        return Memory(pick(self.keys), pick(self.values), pick(self.mask), pick(self.empty))
+
+
 def attention_weights(q, k, v, attn_mask=None, causal=False):
     """Reference attention that also returns the weights: softmax(q kᵀ/√d + mask) v.
 
@@ -112,23 +150,26 @@ def attention_weights(q, k, v, attn_mask=None, causal=False):
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head attention; `dim_context` given ⇒ cross-attention over a context of that width."""
+    """Multi-head attention; `dim_context` given ⇒ cross-attention over a context of that width.
+
+    As a decoder layer's cross-attention it reads a `Memory` (`project(context)`, once per source); any
+    module with the same `project` / `forward(x, memory, need_weights=...)` can take its place (e.g.
+    `mmxattn.fusion.GatedCrossAttention`).
+    """
 
     def __init__(self, dim: int, num_heads: int, *, dim_context: int | None = None, dropout: float = 0.0):
         super().__init__()
         if dim % num_heads:
-            from .errors import ConfigError
-
             raise ConfigError(f"d_model={dim} must be divisible by the number of heads ({num_heads}).")
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.is_cross = dim_context is not None
         self.dropout = dropout
         if self.is_cross:
-            self.q_proj = Linear(dim, dim)
-            self.kv_proj = Linear(dim_context, 2 * dim)
+            self.q_proj = nn.Linear(dim, dim)
+            self.kv_proj = nn.Linear(dim_context, 2 * dim)
         else:
-            self.qkv_proj = Linear(dim, 3 * dim)
-        self.out_proj = Linear(dim, dim)
+            self.qkv_proj = nn.Linear(dim, 3 * dim)
+        self.out_proj = nn.Linear(dim, dim)
 
     def _heads(self, x: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
         # [N, T, parts*D] -> parts × [N, H, T, Dh]
@@ -136,15 +177,16 @@ class MultiHeadAttention(nn.Module):
         x = x.view(n, t, parts, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return x.unbind(0)
 
-    def project_context(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys/values of the context [B, S, Dc] -> ([B,H,S,Dh], [B,H,S,Dh]); computed once per source."""
-        assert self.is_cross, "project_context is only defined for cross-attention"
-        return self._heads(self.kv_proj(context), 2)
+    def project(self, context: Context) -> Memory:
+        """The context's keys/values [B, S, Dc] -> Memory([B,H,S,Dh] ×2, mask); once per source and decode."""
+        assert self.is_cross, "project is only defined for cross-attention"
+        keys, values = self._heads(self.kv_proj(context.states), 2)
+        return Memory.of(keys, values, context.mask)
 
     def forward(
         self,
         x: torch.Tensor,
-        context: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+        memory: Memory | None = None,
         *,
         mask: torch.Tensor | None = None,
         causal: bool = False,
@@ -152,19 +194,19 @@ class MultiHeadAttention(nn.Module):
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
-        x:       [N, T, D] queries (and, for self-attention, keys/values)
-        context: cross-attention only: states [B, S, Dc], or keys/values from `project_context`.
-                 N may be a multiple G·B (G beams per source): the beams then share one copy of K/V.
-        mask:    [B, S] bool, True = attend (key padding); None = no padding
-        causal:  self-attention only: position t sees positions ≤ t
-        cache:   self-attention only: append this step's keys/values and attend over all of them
+        x:      [N, T, D] queries (and, for self-attention, keys/values)
+        memory: cross-attention only: the context from `project`. N may be a multiple G·B (G beams per
+                source): the beams then share one copy of the source's keys/values.
+        mask:   self-attention only: [N, T] bool, True = a real key (padding of an encoder's input)
+        causal: self-attention only: position t sees positions ≤ t
+        cache:  self-attention only: append this step's keys/values and attend over all of them
         Returns (out [N, T, D], weights [N, H, T, S] if need_weights else None).
         """
-        assert (context is not None) == self.is_cross, "context must be given exactly for cross-attention"
+        assert (memory is not None) == self.is_cross, "memory must be given exactly for cross-attention"
         n, t, _ = x.shape
         if self.is_cross:
             (q,) = self._heads(self.q_proj(x), 1)
-            k, v = self.project_context(context) if torch.is_tensor(context) else context
+            k, v, mask = memory.keys, memory.values, memory.mask
         else:
             q, k, v = self._heads(self.qkv_proj(x), 3)
             if cache is not None:
@@ -195,5 +237,9 @@ class MultiHeadAttention(nn.Module):
             if weights is not None:
                 weights = weights.reshape(k.shape[0], self.num_heads, groups, t, -1).transpose(1, 2)
                 weights = weights.reshape(n, self.num_heads, t, -1)
-        out = out.reshape(n, self.num_heads, t, self.head_dim).transpose(1, 2).reshape(n, t, self.dim)
-        return self.out_proj(out), weights
+        out = self.out_proj(out.reshape(n, self.num_heads, t, self.head_dim).transpose(1, 2).reshape(n, t, self.dim))
+        if self.is_cross and memory.empty is not None:  # rows without any real position read nothing
+            keep = (~memory.empty).repeat_interleave(groups)[:, None, None]  # [N, 1, 1]
+            out = out * keep.to(out.dtype)
+            weights = None if weights is None else weights * keep[..., None].to(weights.dtype)
+        return out, weights

@@ -181,10 +181,11 @@ class AttentionMapper:
         }
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "AttentionMapper":
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", backend: str = "auto"
+                        ) -> "AttentionMapper":
         from .checkpoint import load_for_inference
 
-        model, tokenizers, cfg = load_for_inference(path, device)
+        model, tokenizers, cfg = load_for_inference(path, device, backend)
         return cls(model, tokenizers, cfg, device)
 
     def generation_config(self, **overrides) -> GenerationConfig:

@@ -32,6 +32,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import DataError
+from .inference import prepare
 from .model import EncoderDecoder, build_model
 from .tokenizer import Tokenizers
 
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 EXPORT_FORMAT = "mmxattn-export/1"
 CHECKSUM_KEY = "mmx_checksum"  # {"algorithm": "sha256", "digest": hex}: top level of a .ckpt or an export
-CHECKSUM_ALGORITHM = "sha256"  # ~1 GB/s with SHA-NI, as fast as blake2b here and in every hashlib build
+CHECKSUM_ALGORITHM = "sha256"  # in every hashlib build; with SHA-NI as fast as blake2b
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -391,8 +392,13 @@ def _resolve(path: Path) -> Path:
     return path
 
 
-def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> tuple[EncoderDecoder, Tokenizers, DictConfig]:
-    """Model (eval mode), tokenizers and config from an export, a Lightning checkpoint, or a run folder."""
+def load_for_inference(path: str | Path, device: str | torch.device = "cpu", backend: str = "auto"
+                       ) -> tuple[EncoderDecoder, Tokenizers, DictConfig]:
+    """Model (frozen, eval mode), tokenizers and config from an export, a Lightning checkpoint, or a run folder.
+
+    backend: the inference backend applied to the model (`mmxattn.inference`): auto (the fastest for
+    `device`), eager, cpu or compile. Use eager to get the plain modules (e.g. to read or fine-tune them).
+    """
     path = _resolve(Path(path))
     blob = load_checkpoint_file(path, what="model checkpoint")
     if blob.get("format") == EXPORT_FORMAT:
@@ -406,4 +412,4 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> 
     tokenizers = Tokenizers.from_state(tok_state)
     model = build_model(cfg, tokenizers)
     model.load_state_dict(state_dict)
-    return model.to(device).eval(), tokenizers, cfg
+    return prepare(model.to(device), backend), tokenizers, cfg

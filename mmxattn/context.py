@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .fast_linear import Linear
 
 
 @dataclass
@@ -45,7 +44,7 @@ class Bridge(nn.Module):
                 "integer `output_dim` (the width D of its context states [B, S, D])."
             )
         self.encoder_dim, self.decoder_dim = encoder_dim, decoder_dim
-        self.proj = nn.Identity() if encoder_dim == decoder_dim else Linear(encoder_dim, decoder_dim)
+        self.proj = nn.Identity() if encoder_dim == decoder_dim else nn.Linear(encoder_dim, decoder_dim)
         self.source = source
 
     def forward(self, context: Context) -> Context:

@@ -3,9 +3,8 @@
 glibc hands allocations above its mmap threshold straight to the kernel and returns freed memory at
 the top of the heap once more than the trim threshold is free. A training step allocates and frees
 the same multi-megabyte tensors (activations, logits, gradients) every step, so each step pays for
-thousands of page faults on memory it just gave back. On a 2-core EPYC VM that was 14% of a
-Transformer-base step (2.64 -> 2.27 s, batch 32 x 30) and 21% of the transformers peer's.
-jemalloc or tcmalloc via LD_PRELOAD do the same, but need an install; `mallopt` is in every glibc.
+thousands of page faults on memory it just gave back, a noticeable share of a CPU training step
+(benchmarks/README.md has the measurement). jemalloc or tcmalloc via LD_PRELOAD do the same, but need an install; `mallopt` is in every glibc.
 
 The mmx-* commands call `keep_freed_memory()` at start; library users may call it themselves. A user's
 own malloc settings (GLIBC_TUNABLES=glibc.malloc.*, MALLOC_*_ variables) win: then nothing is changed.

@@ -2,15 +2,17 @@
 
 All strategies project the context into cross-attention K/V once (`decoder.start`) and keep it for the
 whole decode; beams of a source share that one copy. Rows (and sources) that finish are dropped from
-the batch, so they stop costing compute.
+the batch, so they stop costing compute. `decoder` is anything with the decoder's `start` / `step`: a
+`TransformerDecoder`, or what an inference backend made of one (`mmxattn.inference`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
+from . import ctc
 from .context import Context
 from .decoder import TransformerDecoder
 from .errors import ConfigError
@@ -29,6 +31,7 @@ class GenerationConfig:
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1.0 = off
     seed: int | None = None
+    ctc_weight: float = 0.0  # beam: rescore finished hypotheses with the model's CTC head, joint CTC/attention
 
     def __post_init__(self):
         if self.strategy not in {"greedy", "beam", "sample"}:
@@ -39,6 +42,8 @@ class GenerationConfig:
             )
         if self.max_len < 1 or self.min_len >= self.max_len:
             raise ConfigError(f"generation.max_len={self.max_len} must exceed min_len={self.min_len} and be ≥ 1")
+        if not 0 <= self.ctc_weight <= 1:
+            raise ConfigError(f"generation.ctc_weight={self.ctc_weight} must be in [0, 1] (0 = attention scores only)")
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ConfigError("generation: need temperature > 0, 0 < top_p ≤ 1, top_k ≥ 0")
 
@@ -50,9 +55,17 @@ class Hypothesis:
 
 
 @torch.no_grad()
-def generate(decoder: TransformerDecoder, context: Context, cfg: GenerationConfig) -> list[list[Hypothesis]]:
-    """For each of the B sources in `context`, its hypotheses (best first; nbest of them for beam)."""
+def generate(decoder: TransformerDecoder, context: Context, cfg: GenerationConfig,
+             ctc_head: torch.nn.Module | None = None) -> list[list[Hypothesis]]:
+    """For each of the B sources in `context`, its hypotheses (best first; nbest of them for beam).
+
+    ctc_head: a CTC head over the target vocabulary (`EncoderDecoder.ctc_head`); with cfg.ctc_weight > 0 a beam
+    search's finished hypotheses are rescored with it (`rescore_with_ctc`).
+    """
     if cfg.strategy == "beam":
+        if cfg.ctc_weight and ctc_head is not None:
+            return rescore_with_ctc(beam_search(decoder, context, replace(cfg, nbest=cfg.beam_size)), context,
+                                    ctc_head, cfg)
         return beam_search(decoder, context, cfg)
     generator = None
     if cfg.strategy == "sample" and cfg.seed is not None:
@@ -178,3 +191,29 @@ def beam_search(decoder: TransformerDecoder, context: Context, cfg: GenerationCo
     for hyps in finished:
         hyps.sort(key=lambda h: h.score, reverse=True)
     return [hyps[: cfg.nbest] for hyps in finished]
+
+
+def rescore_with_ctc(hypotheses: list[list[Hypothesis]], context: Context, ctc_head: torch.nn.Module,
+                     cfg: GenerationConfig) -> list[list[Hypothesis]]:
+    """Joint CTC/attention scoring (Watanabe et al. 2017) of each source's finished beam hypotheses:
+    ((1 - λ) log p_att(y|x) + λ log p_ctc(y|x)) / length ** length_penalty, λ = cfg.ctc_weight; best nbest kept.
+
+    CTC scores a whole hypothesis against the audio's frames in order, so it penalises what attention alone
+    lets through: words dropped or said twice, endings cut short, sequences longer than the input can hold.
+    Applied to the beam's finished hypotheses (N-best rescoring) rather than inside the search: no per-step
+    prefix scores, and the same search as without it.
+    """
+    rows = [b for b, hyps in enumerate(hypotheses) for _ in hyps]
+    flat = [h for hyps in hypotheses for h in hyps]
+    if flat:
+        index = torch.tensor(rows, device=context.states.device)
+        ctc_scores = ctc.sequence_log_likelihoods(ctc_head(context.states.index_select(0, index)),
+                                                  context.mask.index_select(0, index), [h.tokens for h in flat])
+        for hyp, ctc_score in zip(flat, ctc_scores.tolist()):
+            norm = (len(hyp.tokens) + 1) ** cfg.length_penalty  # generated tokens, EOS included, as beam_search
+            attention = hyp.score * norm
+            joint = cfg.ctc_weight * ctc_score if cfg.ctc_weight else 0.0  # 0 x -inf would be NaN
+            hyp.score = ((1 - cfg.ctc_weight) * attention + joint) / norm
+    for hyps in hypotheses:
+        hyps.sort(key=lambda h: h.score, reverse=True)
+    return [hyps[: cfg.nbest] for hyps in hypotheses]

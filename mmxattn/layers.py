@@ -7,8 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .attention import KVCache, MultiHeadAttention, padding_mask_or_none
-from .fast_linear import Linear
+from .attention import KVCache, Memory, MultiHeadAttention, padding_mask_or_none
 
 
 def sinusoidal_positions(length: int, dim: int, offset: int = 0, device=None) -> torch.Tensor:
@@ -21,33 +20,9 @@ def sinusoidal_positions(length: int, dim: int, offset: int = 0, device=None) ->
     return table
 
 
-class Dropout(nn.Dropout):
-    """`nn.Dropout` whose mask on CPU comes from 15-bit random integers instead of `bernoulli_`.
-
-    Each unit is kept with probability 1 - p' and scaled by 1 / (1 - p'), where p' is p rounded to a
-    multiple of 1/32768 (p = 0.1 becomes 0.100006): the expectation stays exact. Why: torch's CPU random
-    generator is serial, and dropout's draws took 10% of a Transformer-base training step. `bernoulli_`
-    draws one 32-bit number per unit and `rand_like` as well; `random_()` on int32 gives 31 random bits
-    per draw, two 15-bit numbers, so half the draws: the mask of 2 M units takes 4.6 ms against 7.8 ms
-    for `rand_like` + compare. Elsewhere (GPUs) the native fused kernel is used.
-    """
-
-    LEVELS = 1 << 15
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or self.p >= 1 or x.device.type != "cpu":
-            return super().forward(x)
-        n = x.numel()
-        bits = torch.empty((n + 1) // 2, dtype=torch.int32).random_()  # values in [0, 2^31): 31 random bits
-        draws = bits.view(torch.int16)[:n].view(x.shape).bitwise_and_(self.LEVELS - 1)  # 15 bits each
-        dropped = min(round(self.p * self.LEVELS), self.LEVELS - 1)
-        keep = draws >= dropped
-        return x * keep.to(x.dtype).mul_(self.LEVELS / (self.LEVELS - dropped))
-
-
 class FeedForward(nn.Sequential):
     def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0):
-        super().__init__(Linear(dim, hidden_dim), nn.GELU(), Dropout(dropout), Linear(hidden_dim, dim))
+        super().__init__(nn.Linear(dim, hidden_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_dim, dim))
 
 
 class EncoderLayer(nn.Module):
@@ -58,7 +33,7 @@ class EncoderLayer(nn.Module):
         self.norm_attn, self.norm_ffn = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.attn = MultiHeadAttention(dim, num_heads, dropout=attn_dropout)
         self.ffn = FeedForward(dim, ffn_dim, dropout)
-        self.drop = Dropout(dropout)
+        self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         # x [B, S, D]; mask [B, S] True = real
@@ -82,26 +57,28 @@ class TransformerEncoder(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Causal self-attention → cross-attention (Q = text, K/V = context) → feed-forward."""
+    """Causal self-attention → cross-attention (Q = text, K/V = context) → feed-forward.
 
-    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float = 0.1, attn_dropout: float = 0.0):
+    The cross-attention is a module passed in (as torchtune passes its gate): a `MultiHeadAttention` with
+    `dim_context` (one softmax over the whole context), or anything with the same `project(context) ->
+    memory` and `forward(x, memory, need_weights=...)`, such as per-source gated cross-attention
+    (`mmxattn.fusion.GatedCrossAttention`). The layer itself does not know which.
+    """
+
+    def __init__(self, dim: int, num_heads: int, ffn_dim: int, *, cross_attention: nn.Module | None = None,
+                 dropout: float = 0.1, attn_dropout: float = 0.0):
         super().__init__()
         self.norm_self, self.norm_cross, self.norm_ffn = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.self_attn = MultiHeadAttention(dim, num_heads, dropout=attn_dropout)
-        self.cross_attn = MultiHeadAttention(dim, num_heads, dim_context=dim, dropout=attn_dropout)
+        self.cross_attn = cross_attention or MultiHeadAttention(dim, num_heads, dim_context=dim, dropout=attn_dropout)
         self.ffn = FeedForward(dim, ffn_dim, dropout)
-        self.drop = Dropout(dropout)
+        self.drop = nn.Dropout(dropout)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        context: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
-        context_mask: torch.Tensor | None,
-        cache: KVCache | None = None,
-        need_weights: bool = False,
+        self, x: torch.Tensor, memory: Memory, cache: KVCache | None = None, need_weights: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # x [N, T, D]; context [B, S, D] or its projected (K, V); context_mask [B, S] or None
+        # x [N, T, D]; memory: this layer's `cross_attn.project(context)`, the context of B = N / beams sources
         x = x + self.drop(self.self_attn(self.norm_self(x), causal=True, cache=cache)[0])
-        h, weights = self.cross_attn(self.norm_cross(x), context, mask=context_mask, need_weights=need_weights)
+        h, weights = self.cross_attn(self.norm_cross(x), memory, need_weights=need_weights)
         x = x + self.drop(h)
         return x + self.drop(self.ffn(self.norm_ffn(x))), weights

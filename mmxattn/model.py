@@ -13,22 +13,27 @@ Inputs are {source name: that encoder's collated batch}. A source may be missing
 
 from __future__ import annotations
 
+import logging
 from typing import Mapping
 
 import torch
 from torch import nn
 
-from . import registry
+from . import ctc, registry
 from .context import Bridge, Context
 from .decoder import TransformerDecoder
 from .errors import ConfigError
-from .fusion import FUSION_MODES, GatedFusionDecoder, SourcesContext, null_context_for_empty_rows
+from .fusion import FUSION_MODES, GatedCrossAttention, SourcesContext
+from .generation import GenerationConfig, Hypothesis, generate
+
+log = logging.getLogger(__name__)
 
 PRESENT = "present"  # reserved key of a source's batch: [B] bool, which rows have this source
 
 
 class EncoderDecoder(nn.Module):
-    def __init__(self, encoders: Mapping[str, nn.Module], decoder: TransformerDecoder):
+    def __init__(self, encoders: Mapping[str, nn.Module], decoder: TransformerDecoder, *,
+                 ctc_vocab_size: int | None = None, ctc_target: str = "target"):
         super().__init__()
         if not encoders:
             raise ConfigError("a model needs at least one encoder (config key `encoder`)")
@@ -38,6 +43,10 @@ class EncoderDecoder(nn.Module):
         )
         self.source_embed = nn.Parameter(torch.zeros(len(encoders), decoder.d_model)) if len(encoders) > 1 else None
         self.decoder = decoder
+        # auxiliary CTC (loss.ctc_weight > 0): reads the context the decoder reads, at the decoder's width
+        self.ctc_head = ctc.CTCHead(decoder.d_model, ctc_vocab_size) if ctc_vocab_size else None
+        self.ctc_target = ctc_target  # what the head spells: the decoder's targets, or the source transcripts
+        self._warned_no_scorer = False
 
     def _batch_size(self, inputs: Mapping[str, Mapping[str, torch.Tensor]]) -> int:
         sizes = {name: len(batch[PRESENT]) if PRESENT in batch else len(batch["mask"])
@@ -80,16 +89,34 @@ class EncoderDecoder(nn.Module):
         if len(contexts) == 1 and inputs.get(spans[0][0], {}).get(PRESENT) is None:
             return contexts[0]  # one encoder, every sample has it: the plain single-source path
         states, mask = torch.cat([c.states for c in contexts], 1), torch.cat([c.mask for c in contexts], 1)
-        if not isinstance(self.decoder, GatedFusionDecoder):
-            # one joint softmax: a sample without any source would attend over nothing (NaN)
-            states, mask = null_context_for_empty_rows(states, mask)
-            if states.shape[1] != start:  # no source at all in this batch: the null position stands alone
-                spans.append(("null", start, states.shape[1]))
         return SourcesContext(states, mask, tuple(spans))
 
-    def forward(self, inputs, target_in: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits [B, T, V] for BOS-prefixed targets [B, T]."""
-        return self.decoder(target_in, self.encode(inputs))[0]
+    def forward(self, inputs, target_in: torch.Tensor, *, with_ctc: bool = False):
+        """Teacher-forced logits [B, T, V] for BOS-prefixed targets [B, T].
+
+        with_ctc: (logits, the CTC head's logits [B, S, V_ctc] over the context, the context mask [B, S]).
+        """
+        context = self.encode(inputs)
+        logits = self.decoder(target_in, context)[0]
+        if not with_ctc:
+            return logits
+        if self.ctc_head is None:
+            raise ConfigError("this model has no CTC head: it is built when loss.ctc_weight > 0")
+        return logits, self.ctc_head(context.states), context.mask
+
+    @torch.no_grad()
+    def generate(self, inputs: Mapping[str, Mapping[str, torch.Tensor]],
+                 config: GenerationConfig | None = None) -> list[list[Hypothesis]]:
+        """The one way to decode: encode `inputs` ({source: collated batch}) once, then search with `config`
+        (greedy, beam or sampling); per sample its hypotheses, best first."""
+        config = config or GenerationConfig()
+        scorer = self.ctc_head if self.ctc_target == "target" else None
+        if config.ctc_weight and config.strategy == "beam" and scorer is None and not self._warned_no_scorer:
+            self._warned_no_scorer = True  # a recipe's default must not stop a model trained otherwise from decoding
+            log.warning("generation.ctc_weight=%s is ignored: it rescores with a CTC head over the target vocabulary, "
+                        "and this model has none (trained with loss.ctc_weight=0 or loss.ctc_target=source)",
+                        config.ctc_weight)
+        return generate(self.decoder, self.encode(inputs), config, ctc_head=scorer)
 
 
 def build_model(cfg, tokenizers) -> EncoderDecoder:
@@ -113,11 +140,22 @@ def build_model(cfg, tokenizers) -> EncoderDecoder:
     mode = fusion.get("mode", "concat")
     if mode not in FUSION_MODES:
         raise ConfigError(f"fusion.mode={mode!r}; expected one of {', '.join(FUSION_MODES)}")
-    if mode == "gated":
-        decoder = GatedFusionDecoder(sources=list(encoders), gate_init=float(fusion.get("gate_init", 0.0)), **options)
-    else:
-        decoder = TransformerDecoder(**options)
-    return EncoderDecoder(encoders, decoder)
+    if mode == "gated":  # each layer's cross-attention: one attention per source, each behind its own gate
+        sources, gate_init = list(encoders), float(fusion.get("gate_init", 0.0))
+        options["cross_attention"] = lambda: GatedCrossAttention(
+            dec["d_model"], dec["num_heads"], sources, dropout=options["attn_dropout"], gate_init=gate_init)
+    decoder = TransformerDecoder(**options)
+    return EncoderDecoder(encoders, decoder, ctc_vocab_size=ctc_vocab_size(cfg, tokenizers),
+                          ctc_target=ctc.settings(cfg)[1])
+
+
+def ctc_vocab_size(cfg, tokenizers) -> int | None:
+    """The CTC head's output size when `loss.ctc_weight` > 0: the vocabulary of the tokenizer its targets
+    use (the target's, or the source transcripts' with loss.ctc_target=source); None = no head."""
+    weight, target = ctc.settings(cfg)
+    if not weight:
+        return None
+    return len(tokenizers.source if target == "source" else tokenizers.target)
 
 
 def encoder_configs(cfg) -> dict:

@@ -1,11 +1,14 @@
-"""The encoder plugin contract and the registry that finds plugins through entry points.
+"""The plugin contracts and the registries that find plugins through entry points.
 
-A plugin is an object registered under a name in the entry-point group `mmxattn.encoders`:
+Two kinds of plugin object, each registered under a name in its own entry-point group:
 
-    [project.entry-points."mmxattn.encoders"]
+    [project.entry-points."mmxattn.encoders"]        # encoder=<name>: EncoderPlugin
     text = "mmxattn_encoders.text:plugin"
+    [project.entry-points."mmxattn.data_formats"]    # data.format=<name>: DataFormat
+    speech_tsv = "mmxattn_encoders.audio_data:speech_tsv"
 
-Built-in encoders register exactly this way; the core never imports them by name. The rules:
+Built-in encoders and data formats register exactly this way; the core never imports them by name. The
+rules, the same for both groups (`Registry`):
 - Names are listed from package metadata without importing anything (`available`); a plugin module is
   imported only when that encoder is used (`get_plugin`), so a broken or heavy plugin costs nothing
   to a run that does not select it.
@@ -25,7 +28,8 @@ import os
 import warnings
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -34,6 +38,7 @@ from .context import Context
 from .errors import MmxError, PluginError
 
 ENTRY_POINT_GROUP = "mmxattn.encoders"
+DATA_FORMAT_GROUP = "mmxattn.data_formats"
 STRICT_ENV = "MMX_STRICT_PLUGINS"
 
 
@@ -95,8 +100,27 @@ class PluginInfo:
         return f"{self.value} from package '{self.package}' {self.version}".rstrip()
 
 
-_runtime_plugins: dict[str, EncoderPlugin] = {}
-_loaded: dict[tuple[str, str], EncoderPlugin] = {}  # (name, value) -> plugin object
+
+@dataclass
+class DataFormat:
+    """How one data set layout is read: `read(data_cfg, split, skipped) -> list[Sample]`.
+
+    read:     the samples of split `split` (a key of the `data` config section naming the split's files),
+              with `skipped` counting what `data.skip_invalid=true` dropped.
+    manifest: the file suffix of one split (".tsv"), if a single such file holds a split. `mmx-generate`
+              then reads a file of that kind in this format (`read_file`), so a model takes the manifests
+              it was trained on.
+    """
+
+    read: Callable[..., list]
+    manifest: str | None = None
+
+    def read_file(self, path: Path, data_cfg, skipped) -> list:
+        """The samples of one manifest file in this format (`data.root` and the split name set from it)."""
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.merge(data_cfg, {"root": str(path.parent), "generate": path.stem, "skip_invalid": False})
+        return self.read(cfg, "generate", skipped)
 
 
 def strict() -> bool:
@@ -104,63 +128,99 @@ def strict() -> bool:
     return os.environ.get(STRICT_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _scan() -> tuple[dict[str, PluginInfo], dict[str, list[PluginInfo]]]:
-    """(name -> registration, name -> all registrations for names claimed more than once)."""
-    claims: dict[str, list[PluginInfo]] = {}
-    # entry_points() already keeps one distribution per name (the first on sys.path), so one package
-    # installed twice (a wheel in a venv, an editable copy further down the path) is not a duplicate.
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        dist = ep.dist
-        info = PluginInfo(ep.name, ep.value, dist.name if dist else "?", dist.version if dist else "?")
-        same = [c for c in claims.get(ep.name, []) if (c.value, c.package) == (info.value, info.package)]
-        if not same:
-            claims.setdefault(ep.name, []).append(info)
-    for name, plugin in _runtime_plugins.items():
-        claims.setdefault(name, []).append(PluginInfo(name, f"{type(plugin).__module__}.{type(plugin).__name__}", "<runtime>", ""))
-    found = {name: infos[0] for name, infos in claims.items()}
-    conflicts = {name: infos for name, infos in claims.items() if len(infos) > 1}
-    return found, conflicts
+class Registry:
+    """The objects registered in one entry-point group, found by name and imported only when used."""
+
+    def __init__(self, group: str, what: str, check: Callable[[str, Any, str], None], select_with: str):
+        self.group, self.what, self.check, self.select_with = group, what, check, select_with
+        self.runtime: dict[str, Any] = {}
+        self.loaded: dict[tuple[str, str], Any] = {}  # (name, value) -> object
+
+    def scan(self) -> tuple[dict[str, PluginInfo], dict[str, list[PluginInfo]]]:
+        """(name -> registration, name -> all registrations for names claimed more than once)."""
+        claims: dict[str, list[PluginInfo]] = {}
+        # entry_points() already keeps one distribution per name (the first on sys.path), so one package
+        # installed twice (a wheel in a venv, an editable copy further down the path) is not a duplicate.
+        for ep in metadata.entry_points(group=self.group):
+            dist = ep.dist
+            info = PluginInfo(ep.name, ep.value, dist.name if dist else "?", dist.version if dist else "?")
+            same = [c for c in claims.get(ep.name, []) if (c.value, c.package) == (info.value, info.package)]
+            if not same:
+                claims.setdefault(ep.name, []).append(info)
+        for name, obj in self.runtime.items():
+            claims.setdefault(name, []).append(PluginInfo(name, f"{type(obj).__module__}.{type(obj).__name__}", "<runtime>", ""))
+        found = {name: infos[0] for name, infos in claims.items()}
+        return found, {name: infos for name, infos in claims.items() if len(infos) > 1}
+
+    def conflict_error(self, name: str, infos: list[PluginInfo]) -> PluginError:
+        claimed = " and ".join(i.describe() for i in sorted(infos, key=lambda i: (i.package, i.value)))
+        return PluginError(
+            f"{len(infos)} plugins claim the {self.what} name '{name}': {claimed}. Uninstall one of the packages "
+            "(`pip uninstall <package>`) or rename one entry point in its pyproject.toml."
+        )
+
+    def available(self) -> dict[str, PluginInfo]:
+        """Every registered name, from package metadata and `register`, importing nothing; a name claimed
+        twice maps to its first registration (`get` and `conflicts` report it; strict mode raises now)."""
+        found, conflicts = self.scan()
+        if conflicts and strict():
+            name, infos = next(iter(conflicts.items()))
+            raise self.conflict_error(name, infos)
+        return found
+
+    def register(self, name: str, obj: Any) -> None:
+        """Register an object in this process (for notebooks and tests; packages use entry points)."""
+        if name in self.scan()[0]:
+            raise PluginError(f"a {self.what} named '{name}' is already registered; pick another name")
+        self.check(name, obj, "<runtime>")
+        self.runtime[name] = obj
+
+    def get(self, name: str, unknown_hint: str = "") -> Any:
+        """Import (once) and return the object registered under `name`."""
+        if name in self.runtime:
+            return self.runtime[name]
+        found, conflicting = self.scan()
+        if name in conflicting:
+            raise self.conflict_error(name, conflicting[name])
+        if name not in found:
+            raise PluginError(
+                f"unknown {self.what} '{name}'. Available: {', '.join(sorted(found)) or '(none)'}.{unknown_hint} "
+                f"Choose one of them with {self.select_with}=<name>, or install the package that provides it "
+                "(`mmx-encoders` lists what is installed and what failed to load)."
+            )
+        info = found[name]
+        key = (name, info.value)
+        if key in self.loaded:
+            return self.loaded[key]
+        module_name, _, attr = info.value.partition(":")
+        try:
+            obj: Any = importlib.import_module(module_name.strip())
+            for part in attr.strip().split(".") if attr else []:
+                obj = getattr(obj, part)
+        except Exception as e:  # a broken plugin must not take the others down
+            raise PluginError(
+                f"{self.what} plugin '{name}' ({info.describe()}) failed to load: {type(e).__name__}: {e}. "
+                f"Fix or reinstall that package, or uninstall it if you do not use '{name}'."
+            ) from e
+        self.check(name, obj, info.describe())
+        self.loaded[key] = obj
+        return obj
+
+    def load_all(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """Every object: (name -> object, name -> error for those that failed: warned, or raised if strict)."""
+        objects, failures = {}, {}
+        for name in sorted(self.available()):
+            try:
+                objects[name] = self.get(name)
+            except PluginError as e:
+                if strict():
+                    raise
+                warnings.warn(str(e), RuntimeWarning, stacklevel=3)
+                failures[name] = str(e)
+        return objects, failures
 
 
-def _conflict_error(name: str, infos: list[PluginInfo]) -> PluginError:
-    claimed = " and ".join(i.describe() for i in sorted(infos, key=lambda i: (i.package, i.value)))
-    return PluginError(
-        f"{len(infos)} plugins claim the encoder name '{name}': {claimed}. Uninstall one of the packages "
-        "(`pip uninstall <package>`) or rename one entry point in its pyproject.toml."
-    )
-
-
-def available() -> dict[str, PluginInfo]:
-    """Every registered encoder name, from package metadata and `register_plugin`, importing nothing.
-
-    A name claimed twice maps to its first registration here; `get_plugin` and `conflicts` report it
-    (and strict mode raises right away).
-    """
-    found, conflicts = _scan()
-    if conflicts and strict():
-        name, infos = next(iter(conflicts.items()))
-        raise _conflict_error(name, infos)
-    return found
-
-
-def conflicts() -> dict[str, list[PluginInfo]]:
-    """Names claimed by more than one plugin, with every claim."""
-    return _scan()[1]
-
-
-def register_plugin(name: str, plugin: EncoderPlugin) -> None:
-    """Register a plugin object in this process (for notebooks and tests; packages use entry points)."""
-    if name in _scan()[0]:
-        raise PluginError(f"an encoder named '{name}' is already registered; pick another name")
-    _check_plugin(name, plugin, "<runtime>")
-    _runtime_plugins[name] = plugin
-
-
-def unregister_plugin(name: str) -> None:
-    _runtime_plugins.pop(name, None)
-
-
-def _check_plugin(name: str, plugin: Any, where: str) -> None:
+def _check_encoder_plugin(name: str, plugin: Any, where: str) -> None:
     if isinstance(plugin, type):
         raise PluginError(
             f"encoder plugin '{name}' ({where}) is the class {plugin.__name__}, not an instance of it; "
@@ -176,59 +236,53 @@ def _check_plugin(name: str, plugin: Any, where: str) -> None:
         raise PluginError(f"encoder plugin '{name}' ({where}) has input_kind={kind!r}; it must be 'text' or 'path'")
 
 
+def _check_data_format(name: str, fmt: Any, where: str) -> None:
+    if not isinstance(fmt, DataFormat):
+        raise PluginError(f"data format '{name}' ({where}) is a {type(fmt).__name__}; it must be an "
+                          "mmxattn.registry.DataFormat(read=...) (see docs/writing-a-plugin.md)")
+
+
+ENCODERS = Registry(ENTRY_POINT_GROUP, "encoder", _check_encoder_plugin, "encoder")
+DATA_FORMATS = Registry(DATA_FORMAT_GROUP, "data format", _check_data_format, "data.format")
+
+
+# The encoder registry's functions, as mmxattn and plugins have always called them.
+def available() -> dict[str, PluginInfo]:
+    return ENCODERS.available()
+
+
+def conflicts() -> dict[str, list[PluginInfo]]:
+    """Encoder names claimed by more than one plugin, with every claim."""
+    return ENCODERS.scan()[1]
+
+
+def register_plugin(name: str, plugin: EncoderPlugin) -> None:
+    ENCODERS.register(name, plugin)
+
+
+def unregister_plugin(name: str) -> None:
+    ENCODERS.runtime.pop(name, None)
+
+
 def get_plugin(name: str) -> EncoderPlugin:
-    """Import (once) and return the plugin registered under `name`."""
-    if name in _runtime_plugins:
-        return _runtime_plugins[name]
-    found, conflicting = _scan()
-    if name in conflicting:
-        raise _conflict_error(name, conflicting[name])
-    if name not in found:
+    """Import (once) and return the encoder plugin registered under `name`."""
+    hint = ""
+    if name not in ENCODERS.runtime and name not in ENCODERS.scan()[0]:
         from .hydra_search import configs_naming  # lazy: hydra_search imports this module
 
         files = configs_naming(name)
-        declared = (f" It is the `name:` of {', '.join(files)}: a config file's `name:` must be the entry-point "
-                    "name of the encoder it configures.") if files else ""
-        raise PluginError(
-            f"unknown encoder '{name}'. Available encoders: {', '.join(sorted(found)) or '(none)'}.{declared} "
-            "Choose one of them with encoder=<name>, or install the package that provides it "
-            "(`mmx-encoders` lists what is installed and what failed to load)."
-        )
-    info = found[name]
-    key = (name, info.value)
-    if key in _loaded:
-        return _loaded[key]
-    module_name, _, attr = info.value.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name.strip())
-        for part in attr.strip().split(".") if attr else []:
-            obj = getattr(obj, part)
-    except Exception as e:  # a broken plugin must not take the others down
-        raise PluginError(
-            f"encoder plugin '{name}' ({info.describe()}) failed to load: {type(e).__name__}: {e}. "
-            f"Fix or reinstall that package, or uninstall it if you do not use '{name}'."
-        ) from e
-    _check_plugin(name, obj, info.describe())
-    _loaded[key] = obj
-    return obj
+        hint = (f" It is the `name:` of {', '.join(files)}: a config file's `name:` must be the entry-point name of "
+                "the encoder it configures.") if files else ""
+    return ENCODERS.get(name, hint)
 
 
 def load_all() -> tuple[dict[str, EncoderPlugin], dict[str, str]]:
-    """Load every plugin: (name -> plugin, name -> error message for the ones that failed).
+    """Load every encoder plugin: (name -> plugin, name -> error message for the ones that failed)."""
+    return ENCODERS.load_all()
 
-    A broken or conflicting plugin is reported with a warning (naming it, its package and the error)
-    and left out; in strict mode (MMX_STRICT_PLUGINS=1) the first one raises.
-    """
-    plugins, failures = {}, {}
-    for name in sorted(available()):
-        try:
-            plugins[name] = get_plugin(name)
-        except PluginError as e:
-            if strict():
-                raise
-            warnings.warn(str(e), RuntimeWarning, stacklevel=2)
-            failures[name] = str(e)
-    return plugins, failures
+
+def get_data_format(name: str) -> DataFormat:
+    return DATA_FORMATS.get(name)
 
 
 def _built_by_plugin(name: str, what: str, build, cfg: Mapping[str, Any], **kwargs):

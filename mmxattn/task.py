@@ -21,9 +21,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from . import ctc
 from .data.datamodule import IGNORE
 from .errors import ConfigError
-from .generation import GenerationConfig, generate
+from .generation import GenerationConfig
 from .guards import NonFiniteGuard
 from .schedule import WarmupSchedule
 from .metrics import check_metric_names, score_all
@@ -40,8 +41,8 @@ def check_compiler(accelerator: str) -> None:
     candidates = [os.environ.get("CXX") or "g++", "clang++"]
     if not any(shutil.which(c) for c in candidates):
         raise ConfigError(
-            f"compile.train / compile.decode=true on CPU need a C++ compiler, and none of {candidates} is on "
-            "PATH: install one (e.g. `apt install g++`), or set compile.train=false compile.decode=false"
+            f"compile.train=true on CPU needs a C++ compiler, and none of {candidates} is on PATH: install one "
+            "(e.g. `apt install g++`), or set compile.train=false"
         )
 
 
@@ -61,13 +62,12 @@ class Seq2SeqTask(L.LightningModule):
             describe=self._describe_train_samples,
         )
         compile_cfg = cfg.get("compile") or {}
-        if compile_cfg.get("train") or compile_cfg.get("decode"):
-            check_compiler(cfg.trainer.get("accelerator", "cpu"))
         if compile_cfg.get("train"):
+            check_compiler(cfg.trainer.get("accelerator", "cpu"))
             model.compile()  # in place: the state dict and checkpoints keep their keys
-        if compile_cfg.get("decode"):
-            model.decoder.compile_step()
         self._loss_unit = float(cfg.data.max_tokens)  # keeps the returned (summed) loss near the size of a mean
+        self.ctc_weight, self.ctc_target = ctc.settings(cfg)
+        self._ctc_too_short = torch.zeros((), dtype=torch.long)  # rows whose context cannot hold their CTC targets
         self._reset_window()
         self._trace = None
 
@@ -78,12 +78,41 @@ class Seq2SeqTask(L.LightningModule):
         self._window_indices: list[torch.Tensor] = []
 
     def _loss(self, batch, reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(batch["inputs"], batch["target_in"])  # [B, T, V]
+        """(loss, target tokens): the decoder's label-smoothed cross-entropy plus `loss.ctc_weight` x the CTC
+        loss of the context, summed over the batch (reduction="sum") or divided by its target tokens ("mean").
+
+        CTC is a sum of sequence negative log-likelihoods, each itself a sum over that sequence's tokens, so it
+        joins the summed cross-entropy as it is and shares its normalisation by the global token count.
+        The CTC part alone is kept in `self.last_ctc` (a sum, detached) for logging.
+        """
+        target_out = batch["target_out"]  # [B, T]
+        ntokens = (target_out != IGNORE).sum()
+        if self.ctc_weight:
+            logits, ctc_logits, ctc_mask = self.model(batch["inputs"], batch["target_in"], with_ctc=True)
+        else:
+            logits = self.model(batch["inputs"], batch["target_in"])  # [B, T, V]
         loss = F.cross_entropy(
-            logits.flatten(0, 1).float(), batch["target_out"].flatten(), ignore_index=IGNORE,
-            label_smoothing=self.cfg.loss.label_smoothing, reduction=reduction,
+            logits.flatten(0, 1).float(), target_out.flatten(), ignore_index=IGNORE,
+            label_smoothing=self.cfg.loss.label_smoothing, reduction="sum",
         )
-        return loss, (batch["target_out"] != IGNORE).sum()
+        if self.ctc_weight:
+            targets, lengths = self._ctc_targets(batch)  # [B, L], [B]
+            ctc_sum, too_short = ctc.ctc_loss(ctc_logits, ctc_mask, targets, lengths)
+            if self.training:
+                self._ctc_too_short = self._ctc_too_short.to(too_short.device) + too_short.sum()
+            self.last_ctc = ctc_sum.detach()
+            loss = loss + self.ctc_weight * ctc_sum
+        return (loss if reduction == "sum" else loss / ntokens.clamp(min=1)), ntokens
+
+    def _ctc_targets(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """CTC targets [B, L] and lengths [B]: the decoder's targets without EOS, or the source transcripts
+        that the Collater put in `ctc_target` (loss.ctc_target=source), padded with PAD."""
+        if self.ctc_target == "target":
+            return ctc.decoder_targets(batch["target_out"], IGNORE)
+        if "ctc_target" not in batch:
+            raise ConfigError("loss.ctc_target=source needs source transcripts in the data (a speech manifest's "
+                              "src_text column); use loss.ctc_target=target, or loss.ctc_weight=0")
+        return ctc.strip_targets(batch["ctc_target"], ctc.BLANK)
 
     def training_step(self, batch, batch_idx):
         self.skipped_samples += batch["skipped"]
@@ -97,6 +126,8 @@ class Seq2SeqTask(L.LightningModule):
         mean = loss_sum.detach() / ntokens.clamp(min=1)
         self.log("train/loss", mean, prog_bar=True, batch_size=int(batch["target_in"].shape[0]))
         self.log("train/tokens", ntokens.float(), reduce_fx="sum", batch_size=1)
+        if self.ctc_weight:
+            self.log("train/ctc", self.last_ctc / ntokens.clamp(min=1), batch_size=int(batch["target_in"].shape[0]))
         if self.cfg.get("trace_data"):
             self._write_trace(batch_idx, loss_sum, ntokens, batch["index"])
         return loss_sum / self._loss_unit
@@ -179,13 +210,16 @@ class Seq2SeqTask(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         if "target_in" not in batch:
             return
-        loss, _ = self._loss(batch)
+        loss, ntokens = self._loss(batch)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=int(batch["target_in"].shape[0]))
+        if self.ctc_weight:
+            self.log("val/ctc", self.last_ctc / ntokens.clamp(min=1), sync_dist=True,
+                     batch_size=int(batch["target_in"].shape[0]))
         if self.cfg.eval.metrics:
             # cap decoding near the references' length: an untrained model would otherwise babble to max_len
             cap = 2 * batch["target_in"].shape[1] + 10
             gen = GenerationConfig(**{**self.val_generation.__dict__, "max_len": min(self.val_generation.max_len, cap)})
-            hyps = generate(self.model.decoder, self.model.encode(batch["inputs"]), gen)
+            hyps = self.model.generate(batch["inputs"], gen)
             for index, hyp in zip(batch["index"].tolist(), hyps):
                 self._val_outputs.append((index, self.tokenizers.target.decode(hyp[0].tokens)))
 
@@ -217,6 +251,12 @@ class Seq2SeqTask(L.LightningModule):
     def on_train_epoch_end(self):
         if self.skipped_samples:
             log.warning("skipped %d invalid training samples so far (data.skip_invalid=true)", self.skipped_samples)
+        too_short = int(self._ctc_too_short)  # one host sync per epoch
+        if too_short:
+            log.warning("CTC: %d training samples this epoch had fewer context positions than their CTC targets need "
+                        "(one per token, plus a blank between repeats) and added no CTC loss; use shorter units "
+                        "(a smaller tokenizer.vocab_size) or less subsampling", too_short)
+            self._ctc_too_short.zero_()
 
     def configure_optimizers(self):
         opt = self.cfg.optim

@@ -4,6 +4,13 @@ import pytest
 import torch
 
 from mmxattn.attention import KVCache, MultiHeadAttention
+from mmxattn.context import Context
+
+
+def cross(attn, x, ctx, mask=None, **kwargs):
+    """Cross-attention of queries x over a context the way a decoder layer runs it: project, then attend."""
+    mask = torch.ones(ctx.shape[:2], dtype=torch.bool) if mask is None else mask
+    return attn(x, attn.project(Context(ctx, mask)), **kwargs)
 
 
 def reference_attention(attn: MultiHeadAttention, x, context=None, mask=None, causal=False):
@@ -42,8 +49,8 @@ def test_cross_attention_matches_reference_with_other_length_and_width(seeded):
     x, ctx = torch.randn(3, 5, 16), torch.randn(3, 9, 24)
     mask = torch.tensor([[True] * 9, [True] * 6 + [False] * 3, [True] * 2 + [False] * 7])
     expected, expected_w = reference_attention(attn, x, ctx, mask)
-    out, _ = attn(x, ctx, mask=mask)
-    out_w, weights = attn(x, ctx, mask=mask, need_weights=True)
+    out, _ = cross(attn, x, ctx, mask)
+    out_w, weights = cross(attn, x, ctx, mask, need_weights=True)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out_w, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(weights, expected_w, atol=1e-6, rtol=1e-5)
@@ -52,14 +59,14 @@ def test_cross_attention_matches_reference_with_other_length_and_width(seeded):
 def test_padded_context_positions_get_exactly_zero_weight(seeded):
     attn = MultiHeadAttention(16, 2, dim_context=16).eval()
     mask = torch.tensor([[True] * 4 + [False] * 3, [True] * 7])
-    _, weights = attn(torch.randn(2, 3, 16), torch.randn(2, 7, 16), mask=mask, need_weights=True)
+    _, weights = cross(attn, torch.randn(2, 3, 16), torch.randn(2, 7, 16), mask, need_weights=True)
     assert torch.all(weights[0, :, :, 4:] == 0)
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, 3))
     # and the padded values cannot leak into the output
     ctx = torch.randn(2, 7, 16)
     changed = ctx.clone()
     changed[0, 4:] = 1e3
-    torch.testing.assert_close(attn(torch.ones(2, 3, 16), ctx, mask=mask)[0][0], attn(torch.ones(2, 3, 16), changed, mask=mask)[0][0])
+    torch.testing.assert_close(cross(attn, torch.ones(2, 3, 16), ctx, mask)[0][0], cross(attn, torch.ones(2, 3, 16), changed, mask)[0][0])
 
 
 def test_causal_self_attention_matches_reference(seeded):
@@ -83,33 +90,33 @@ def test_beams_share_context_kv_without_copies(seeded):
     attn = MultiHeadAttention(16, 4, dim_context=8).eval()
     ctx, mask = torch.randn(2, 5, 8), torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
     x = torch.randn(2 * 3, 1, 16)  # 3 beams per source
-    shared, w_shared = attn(x, attn.project_context(ctx), mask=mask, need_weights=True)
-    copied, w_copied = attn(x, ctx.repeat_interleave(3, 0), mask=mask.repeat_interleave(3, 0), need_weights=True)
+    shared, w_shared = cross(attn, x, ctx, mask, need_weights=True)
+    copied, w_copied = cross(attn, x, ctx.repeat_interleave(3, 0), mask.repeat_interleave(3, 0), need_weights=True)
     torch.testing.assert_close(shared, copied, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(w_shared, w_copied, atol=1e-6, rtol=1e-5)
 
 
-def test_dropout_keeps_one_minus_p_of_units_scaled_and_is_identity_in_eval():
-    from mmxattn.layers import Dropout
-
-    torch.manual_seed(0)
-    drop = Dropout(0.25)
-    x = torch.ones(400, 500, requires_grad=True)
-    y = drop(x)
-    kept = y != 0
-    assert abs(kept.float().mean().item() - 0.75) < 0.005  # 200,000 draws: ±0.005 is > 5 standard deviations
-    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.75))
-    y.sum().backward()
-    torch.testing.assert_close(x.grad, y.detach())  # the gradient passes exactly through the kept units
-    assert torch.equal(drop.eval()(x), x)
+def test_a_row_without_any_real_position_reads_nothing(seeded):
+    """A sample lacking every source: zero output (not NaN), and zero weights in the explicit softmax."""
+    attn = MultiHeadAttention(16, 2, dim_context=16).eval()
+    mask = torch.tensor([[True] * 3 + [False] * 2, [False] * 5])
+    for need_weights in (False, True):
+        out, weights = cross(attn, torch.randn(2, 3, 16), torch.randn(2, 5, 16), mask, need_weights=need_weights)
+        assert torch.isfinite(out).all() and torch.equal(out[1], torch.zeros(3, 16))
+        assert weights is None or torch.equal(weights[1], torch.zeros(2, 3, 5))
+    out, _ = cross(attn, torch.randn(2, 3, 16), torch.randn(2, 0, 16), torch.zeros(2, 0, dtype=torch.bool))
+    assert torch.equal(out, torch.zeros(2, 3, 16))  # no position at all in the batch
 
 
-def test_dropout_keeps_the_expectation_where_p_is_not_a_multiple_of_its_resolution():
-    from mmxattn.layers import Dropout
-
-    torch.manual_seed(0)
-    x = torch.ones(1000, 1000)
-    y = Dropout(0.1)(x)  # p is rounded to 3277 / 32768; the scale follows the rounded p
-    assert abs(y.mean().item() - 1.0) < 0.002  # 10^6 draws: the standard deviation of the mean is 0.0003
-    assert abs((y == 0).float().mean().item() - 0.1) < 0.0015
-    assert Dropout(0.1)(x.to(torch.bfloat16)).dtype == torch.bfloat16
+def test_kv_cache_reorder_and_drop_rows_keep_the_right_history():
+    """Beam reordering and dropping rows go through the spare buffer; growth keeps what was written."""
+    cache = KVCache(capacity=2)
+    history = torch.randn(5, 3, 7, 4)  # [N, H, t, Dh]
+    rows = torch.arange(5)
+    for t in range(7):
+        index = torch.randperm(len(rows))[: len(rows) - (t == 3)]  # a permutation; one row dropped at t=3
+        cache.index_select(index)
+        rows = rows[index]
+        k, v = cache.append(history[rows, :, t : t + 1], -history[rows, :, t : t + 1])
+        torch.testing.assert_close(k, history[rows, :, : t + 1], rtol=0, atol=0)
+        torch.testing.assert_close(v, -history[rows, :, : t + 1], rtol=0, atol=0)

@@ -131,6 +131,18 @@ def test_specaugment_masks_in_training_only(tmp_path):
         assert (a[changed] == 0).all()
 
 
+def test_speed_perturbation_in_training_only(tmp_path):
+    """Each training utterance is played at one of the speeds (0.9x lasts 1/0.9 as long); evaluation never."""
+    path = write(tmp_path / "a.wav", tone(2.0))
+    plain = AudioProcessor()(path)
+    assert AudioProcessor(speed_perturb=[0.9, 1.1], train=False)(path).shape == plain.shape == (198, 80)
+    training = AudioProcessor(speed_perturb=[0.9, 1.0, 1.1], train=True)
+    torch.manual_seed(0)
+    assert {training(path).shape[0] for _ in range(12)} == {fbank_frames(n, RATE) for n in (29091, 32000, 35556)}
+    with pytest.raises(ConfigError, match="speed_perturb"):
+        AudioProcessor(speed_perturb=[0.1], train=True)
+
+
 # --- fairseq's manifest input forms -----------------------------------------------------------------
 
 

@@ -97,7 +97,7 @@ def test_non_utf8_line_is_named(tmp_path):
 
 
 def test_unknown_encoder_name_lists_available(tiny_cfg):
-    with pytest.raises(PluginError, match=r"unknown encoder 'nope'\. Available encoders: .*text.*encoder=<name>"):
+    with pytest.raises(PluginError, match=r"unknown encoder 'nope'\. Available: .*text.*encoder=<name>"):
         build_model(tiny_cfg("encoder.name=nope"), None)
 
 

@@ -237,3 +237,53 @@ def test_coco_recipe_selects_ddp_and_takes_the_weights_path():
     assert cfg.encoder.weights == "/models/vit.pt" and cfg.encoder.freeze == 4
     assert cfg.trainer.strategy == "ddp_find_unused_parameters_true"  # frozen blocks have no gradients
     assert compose_config(["recipe=captioning/coco", "data.root=/x", "trainer=cpu"]).trainer.accelerator == "cpu"
+
+
+def write_strips(root, counts=(("train", 12), ("valid", 4), ("test", 4))):
+    """A user's own captioned images as the base recipe expects them: grayscale strips of 2-4 "digits"
+    (dark bars of digit-dependent height) of different widths, COCO captions JSON per split."""
+    words = "zero one two three four five six seven eight nine".split()
+    for split, count in counts:
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for i in range(count):
+            digits = [(i * 7 + k * 3 + len(split)) % 10 for k in range(2 + i % 3)]
+            strip = Image.new("L", (20 * len(digits) + 6, 24), 240)
+            for k, d in enumerate(digits):
+                strip.paste(20, (4 + 20 * k, 22 - 2 * d, 16 + 20 * k, 22))
+            name = f"{split}/{i:03d}.png"
+            strip.save(root / "images" / name)
+            images.append({"id": i, "file_name": name})
+            annotations.append({"id": len(annotations), "image_id": i, "caption": " ".join(words[d] for d in digits)})
+        (root / f"captions_{split}.json").write_text(json.dumps({"images": images, "annotations": annotations}))
+    return root
+
+
+def test_base_recipe_composes_and_trains_on_wide_grayscale_strips(tmp_path, capsys):
+    root = write_strips(tmp_path / "strips")
+    cfg = compose_config(["recipe=captioning/base", f"data.root={root}", "data.test=captions_test.json",
+                          "trainer.max_steps=3", *TINY_DECODER], output_dir=tmp_path / "run")
+    # data-adaptive: early stopping, warmup as a share of the run, an epoch budget, inverse-sqrt decay
+    assert cfg.early_stopping.patience == 5 and cfg.optim.schedule == "inverse_sqrt"
+    assert cfg.optim.warmup_fraction == 0.01 and cfg.data.min_batches_per_epoch == 100
+    assert cfg.encoder.resize == "shorter" and cfg.encoder.model_name == "resnet10t" and cfg.data.synthetic is None
+    assert cfg.encoder.positions and cfg.encoder.norm and cfg.trainer.min_steps == 1000
+    assert cfg.checkpoint.monitor is None and list(cfg.eval.metrics) == ["cider", "bleu"]
+    results = train(cfg)
+    assert "test_cider" in results and "test_bleu" in results and results["global_step"] == 3
+    assert (tmp_path / "run" / "model.pt").is_file()
+
+    from mmxattn.cli.generate import main as generate
+
+    capsys.readouterr()
+    generate([str(tmp_path / "run"), str(root / "images" / "test"), "--beam-size", "2"])  # widths 46-86 px in one batch
+    assert len(capsys.readouterr().out.splitlines()) == 4
+
+
+def test_base_recipe_opens_with_its_command_and_names_the_data_it_expects():
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "recipes" / "captioning" / "base.yaml").read_text(encoding="utf-8")
+    lines = text.splitlines()
+    assert lines[0] == "# @package _global_" and lines[1].startswith("# mmx-train recipe=captioning/base data.root=")
+    assert "captions_train.json" in text and "captions_valid.json" in text and "encoder.weights=" in text

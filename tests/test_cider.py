@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from mmxattn.cider import corpus_cider_d, cider_d_scores, ptb_tokenize
+from mmxattn.metrics.cider import corpus_cider_d, cider_d_scores, ptb_tokenize
 from mmxattn.metrics import METRICS
 
 REFERENCES = [

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import math
 import os
 import subprocess
 from pathlib import Path
@@ -41,7 +43,14 @@ def test_train_writes_checkpoints_export_and_learns(trained_run):
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     val = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
     assert losses[-1] < losses[0] and val[-1] < val[0]
-    assert any(r.get("val/bleu") for r in rows)
+    # 12 updates of a tiny model cannot translate yet (BLEU 0.0 here; tests/test_quickstarts_learn.py holds
+    # the quickstart to a BLEU floor), but its validation loss must beat a uniform guess over the 120 pieces
+    # (ln 120 = 4.79; measured 5.31 -> 4.59 -> 4.44 over the 3 epochs)
+    assert val[-1] < math.log(120) - 0.1, val
+    bleu = [float(r["val/bleu"]) for r in rows if r.get("val/bleu")]
+    assert len(bleu) == len(val) and all(0.0 <= b <= 100.0 for b in bleu)  # every validation decoded and scored
+    results = json.loads((trained_run / "results.json").read_text())
+    assert results["val_bleu"] == pytest.approx(bleu[-1], abs=1e-4) and 0.0 <= results["test_bleu"] <= 100.0
 
 
 def test_generate_reads_stdin_and_files(trained_run, tiny_corpus, tmp_path):

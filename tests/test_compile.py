@@ -1,4 +1,5 @@
-"""The torch.compile paths (`compile.train`, `compile.decode`) compute what the eager ones do.
+"""Training under torch.compile (`compile.train`) computes what eager training does; decoding under
+torch.compile is the compile inference backend (tests/test_inference_backends.py).
 
 Compiling takes tens of seconds even for these tiny models, so each test compiles once and checks
 everything it can with that. The compiling tests are skipped where there is no C++ compiler
@@ -12,11 +13,9 @@ import torch
 
 from mmxattn.data.datamodule import Seq2SeqDataModule
 from mmxattn.errors import ConfigError
-from mmxattn.generation import GenerationConfig, generate
 from mmxattn.model import build_model
 from mmxattn.task import Seq2SeqTask
 
-from .test_fast_paths import reference_beam, reference_greedy, tiny_decoder_and_context
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 needs_compiler = pytest.mark.skipif(
@@ -25,20 +24,8 @@ needs_compiler = pytest.mark.skipif(
 
 
 @needs_compiler
-def test_compiled_decoding_gives_the_reference_tokens():
-    decoder, context = tiny_decoder_and_context()
-    decoder.compile_step()
-    greedy = GenerationConfig(strategy="greedy", max_len=14)
-    beam = GenerationConfig(strategy="beam", beam_size=4, nbest=3, max_len=12, min_len=3)
-    assert [h[0].tokens for h in generate(decoder, context, greedy)] == reference_greedy(decoder, context, greedy)
-    expected = reference_beam(decoder, context, beam)
-    got = generate(decoder, context, beam)
-    assert [[h.tokens for h in hyps] for hyps in got] == [[t for t, _ in hyps] for hyps in expected]
-
-
-@needs_compiler
 def test_compiled_training_forward_matches_eager(tiny_cfg):
-    cfg = tiny_cfg("compile.train=true", "compile.decode=false", "decoder.dropout=0.0", "encoder.dropout=0.0")
+    cfg = tiny_cfg("compile.train=true", "decoder.dropout=0.0", "encoder.dropout=0.0")
     datamodule = Seq2SeqDataModule(cfg)
     datamodule.prepare(("train",))
     batch = next(iter(datamodule.loader("train", shuffle=False)))
@@ -62,26 +49,18 @@ def test_compiled_training_forward_matches_eager(tiny_cfg):
     assert task.state_dict().keys() == Seq2SeqTask(eager, datamodule.tokenizers, cfg).state_dict().keys()
 
 
-def test_gated_fusion_refuses_compile_decode():
-    from mmxattn.fusion import GatedFusionDecoder
-
-    decoder = GatedFusionDecoder(sources=["a", "b"], vocab_size=16, d_model=8, num_layers=1, num_heads=2, ffn_dim=16)
-    with pytest.raises(ConfigError, match="compile.decode=false"):
-        decoder.compile_step()
-
-
 def test_compile_without_a_cpp_compiler_is_a_config_error(tiny_cfg, monkeypatch):
     cfg = tiny_cfg("compile.train=true")
     datamodule = Seq2SeqDataModule(cfg)
     datamodule.prepare(("train",))
     model = build_model(cfg, datamodule.tokenizers)
     monkeypatch.setattr("shutil.which", lambda name: None)
-    with pytest.raises(ConfigError, match="need a C\\+\\+ compiler.*compile.train=false"):
+    with pytest.raises(ConfigError, match="needs a C\\+\\+ compiler.*compile.train=false"):
         Seq2SeqTask(model, datamodule.tokenizers, cfg)
 
 
 @needs_compiler
-@pytest.mark.slow  # compiles training, validation and decoding: about 4 minutes on 2 cores
+@pytest.mark.slow  # compiles training and validation: minutes on 2 cores
 def test_mmx_train_with_compile_runs_end_to_end(tiny_corpus, tmp_path):
     from .conftest import TINY
     from .test_cli import run
@@ -89,7 +68,7 @@ def test_mmx_train_with_compile_runs_end_to_end(tiny_corpus, tmp_path):
     run_dir = tmp_path / "run"
     run(
         "mmx-train", "recipe=translation/quickstart", *TINY, f"data.root={tiny_corpus}", "data.synthetic=null",
-        "trainer.max_epochs=2", "compile.train=true", "compile.decode=true", "generation.beam_size=2",
+        "trainer.max_epochs=2", "compile.train=true", "generation.beam_size=2",
         f"hydra.run.dir={run_dir}", cwd=tmp_path,
     )
     hypotheses = (run_dir / "test.hyp").read_text().splitlines()

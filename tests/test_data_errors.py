@@ -68,7 +68,7 @@ def speech_corpus(root: Path, train: int = 4, valid: int = 2) -> Path:
 
 def speech_cfg(root: Path, tmp_path: Path, *overrides: str):
     return compose_config(["recipe=speech_translation/quickstart", *TINY, "encoder.conv_channels=16",
-                           f"data.root={root}", "data.synthetic=null", "tokenizer.vocab_size=40", *RUN, *overrides],
+                           f"data.root={root}", "data.synthetic=null", "data.min_batches_per_epoch=null", "tokenizer.vocab_size=40", *RUN, *overrides],
                           output_dir=tmp_path / "run")
 
 

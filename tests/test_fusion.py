@@ -15,7 +15,7 @@ from mmxattn.data.datamodule import Seq2SeqDataModule
 from mmxattn.data.synthetic_multimodal import AMBIGUOUS, make_sample, meaning_accuracy, write_multimodal_corpus
 from mmxattn.decoder import TransformerDecoder
 from mmxattn.errors import ConfigError, DataError
-from mmxattn.fusion import GatedFusionDecoder, SourcesContext
+from mmxattn.fusion import GatedCrossAttention, SourcesContext
 from mmxattn.generation import GenerationConfig, generate
 from mmxattn.model import PRESENT, EncoderDecoder, build_model
 from mmxattn.tokenizer import PAD
@@ -49,8 +49,9 @@ def make_model(mode: str = "concat", sources=("src", "aux"), gate_init: float = 
     encoders = {s: TextEncoder(vocab_size=VOCAB, d_model=widths[s], num_layers=1, num_heads=2, ffn_dim=32, dropout=0.0)
                 for s in sources}
     options = dict(vocab_size=VOCAB, d_model=D, num_layers=2, num_heads=2, ffn_dim=32, dropout=0.0)
-    decoder = (GatedFusionDecoder(sources=list(sources), gate_init=gate_init, **options) if mode == "gated"
-               else TransformerDecoder(**options))
+    if mode == "gated":  # each layer's cross-attention: one attention per source behind its own gate
+        options["cross_attention"] = lambda: GatedCrossAttention(D, 2, list(sources), gate_init=gate_init)
+    decoder = TransformerDecoder(**options)
     model = EncoderDecoder(encoders, decoder).eval()
     if tags and model.source_embed is not None:
         nn.init.normal_(model.source_embed)  # trained tags are not zero: make them matter here
@@ -243,7 +244,7 @@ def test_fusion_and_sources_come_from_the_config(mm_corpus, tmp_path):
     model = build_model(cfg, datamodule.tokenizers)
     assert list(model.encoders) == ["src", "image"] and type(model.decoder) is TransformerDecoder
     cfg.fusion.mode = "gated"
-    assert isinstance(build_model(cfg, datamodule.tokenizers).decoder, GatedFusionDecoder)
+    assert isinstance(build_model(cfg, datamodule.tokenizers).decoder.layers[0].cross_attn, GatedCrossAttention)
     cfg.fusion.mode = "sum"
     with pytest.raises(ConfigError, match="fusion.mode='sum'"):
         build_model(cfg, datamodule.tokenizers)
@@ -258,6 +259,6 @@ def test_multimodal_recipe_trains_with_gated_fusion_and_reloads(mm_corpus, tmp_p
     results = train(cfg)
     assert "test_bleu" in results
     model, tokenizers, loaded_cfg = load_for_inference(tmp_path / "run" / "model.pt")
-    assert isinstance(model.decoder, GatedFusionDecoder) and loaded_cfg.fusion.mode == "gated"
+    assert isinstance(model.decoder.layers[0].cross_attn, GatedCrossAttention) and loaded_cfg.fusion.mode == "gated"
     gates = torch.stack([layer.cross_attn.gates for layer in model.decoder.layers])
     assert gates.abs().sum() > 0  # the gates learned (they start at 0)

@@ -1,7 +1,10 @@
 """The image_timm encoder plugin: token shapes per architecture, training through it, freezing, local
-weights, preprocessing, and bad image files."""
+weights, preprocessing, images of any shape (aspect-preserving resizing, padded batches, their masks, the
+same context alone and in a batch, attention-map grids), and bad image files."""
 
 from __future__ import annotations
+
+import random
 
 import pytest
 import timm
@@ -17,6 +20,7 @@ from mmxattn.decoder import TransformerDecoder
 from mmxattn.errors import ConfigError, DataError
 from mmxattn.model import EncoderDecoder
 from mmxattn.tokenizer import BOS, EOS
+from mmxattn_encoders.image_timm import Geometry, real_cells
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
@@ -275,3 +279,180 @@ def test_a_batch_of_only_bad_images_does_not_crash_the_loader(odd_images, images
     strict = Seq2SeqDataset(samples, [[4, 5]] * len(samples), [4] * len(samples), {"src": processor})
     with pytest.raises(DataError, match="row 1: .*truncated.jpg"):
         strict[1]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Images of any shape: aspect-preserving resizing, padded batches and their masks
+
+SHORTER = {"resnet": {"model_name": "resnet10t", "data_config": {"input_size": [3, 64, 64]}, "resize": "shorter"},
+           # a ViT at 32 px with patches of 16: the same 2 × ... grids as the ResNet's stride 32 at 64 px
+           "vit": {"model_name": "vit_tiny_patch16_224", "model_kwargs": {"img_size": 32, "depth": 2},
+                   "data_config": {"input_size": [3, 32, 32]}, "resize": "shorter"}}
+# (width, height, PIL mode) -> the real cells (rows, cols) at the short side of 64 px (ResNet) / 32 px (ViT)
+SHAPES = {"wide": ((200, 40, "RGB"), (2, 10)), "tall": ((50, 150, "RGB"), (6, 2)),
+          "gray": ((120, 30, "L"), (2, 8)), "rgba": ((90, 60, "RGBA"), (2, 3))}
+
+
+@pytest.fixture(scope="module")
+def shaped(tmp_path_factory):
+    """Images of each shape in SHAPES, with random pixels (so every position differs), as PNG files."""
+    import numpy as np
+
+    root, rng = tmp_path_factory.mktemp("shaped"), np.random.default_rng(0)
+    paths = {}
+    for name, ((width, height, mode), _) in SHAPES.items():
+        channels = {"RGB": 3, "L": 1, "RGBA": 4}[mode]
+        pixels = rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
+        Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode).save(root / f"{name}.png")
+        paths[name] = str(root / f"{name}.png")
+    return paths
+
+
+def expected_mask(cells: tuple[int, int], grid: tuple[int, int], prefix: int = 0) -> torch.Tensor:
+    """[prefix + rows·cols] bool: the real cells at the top left of the grid, row by row."""
+    real = torch.zeros(grid, dtype=torch.bool)
+    real[: cells[0], : cells[1]] = True
+    return torch.cat([torch.ones(prefix, dtype=torch.bool), real.flatten()])
+
+
+def test_geometry_keeps_the_aspect_ratio_and_caps_it():
+    shorter = Geometry("shorter", (64, 64), 32, (2, 2), max_aspect=8)
+    assert shorter.resized(40, 200) == (64, 320) and shorter.resized(150, 50) == (192, 64)
+    assert shorter.resized(10, 1000) == (5, 512)  # 1:100 is capped at 1:8 by scaling it down: the long side is 512
+    assert shorter.padded([(64, 320), (192, 64)]) == (192, 320) and shorter.padded([(64, 300)]) == (64, 320)
+    assert shorter.positions(40, 200) == 20 and shorter.positions(40, 190) == 20  # 64 × 304, padded to 320
+    pad = Geometry("pad", (64, 64), 32, (2, 2))
+    assert pad.resized(40, 200) == (13, 64) and pad.padded([(13, 64)]) == (64, 64) and pad.positions(40, 200) == 4
+    assert Geometry("squash", (64, 64), 32, (2, 2)).resized(40, 200) == (64, 64)
+    # a cell is real when it tiles at least one real pixel: 33 rows of 64 reach into the second of 2 cells
+    cells = real_cells(torch.tensor([[33, 64], [32, 1], [64, 64]]), (64, 64), (2, 2))
+    assert cells.tolist() == [[2, 2], [1, 1], [2, 2]]
+
+
+@pytest.mark.parametrize("arch", SHORTER)
+def test_wide_tall_grayscale_and_rgba_images_padded_in_one_batch_have_exact_masks(arch, shaped):
+    encoder, processor = build(image_cfg(SHORTER[arch]))
+    names = list(SHAPES)
+    batch = processor.collate([processor(shaped[name]) for name in names])
+    scale = 1 if arch == "vit" else 2  # pixels: the ResNet's short side is 64, the ViT's 32
+    assert batch["images"].shape == (4, 3, 96 * scale, 160 * scale)  # the tallest (tall) and widest (wide)
+    assert batch["sizes"].tolist() == [[s * scale for s in size] for size in
+                                       ([32, 160], [96, 32], [32, 128], [32, 48])]
+    with torch.no_grad():
+        context = encoder.eval()(batch)
+    assert context.states.shape[:2] == (4, 6 * 10)  # the batch's grid: 6 rows (tall) × 10 columns (wide)
+    for row, name in enumerate(names):
+        cells = SHAPES[name][1]
+        assert torch.equal(context.mask[row], expected_mask(cells, (6, 10))), name
+        assert processor.length(shaped[name]) == cells[0] * cells[1]  # what a batch of its own holds
+    assert torch.equal(batch["mask"], context.mask)  # the processor's mask is the encoder's
+
+
+@pytest.mark.parametrize("arch", SHORTER)
+def test_an_image_alone_and_padded_in_a_batch_gives_the_same_context(arch, shaped):
+    """Up to float rounding (rtol 1e-4): the same convolutions and attention over the same values, only on
+    differently sized tensors. Not so without the padding handling (checked too: about 1% for the ResNet)."""
+    torch.manual_seed(0)
+    encoder, processor = build(image_cfg(SHORTER[arch], prefix_tokens="keep", positions=True, norm=True))
+    # a ViT has position embeddings and a final norm of its own
+    assert (encoder.positions is not None) == (encoder.norm is not None) == (arch == "resnet")
+    encoder.eval()
+    items = [processor(shaped[name]) for name in SHAPES]
+    batch = processor.collate(items)
+    with torch.no_grad():
+        together = encoder(batch)
+        plain = _to_plain_tokens(encoder, batch["images"])  # the backbone's own forward, padding unhandled
+        for row, item in enumerate(items):
+            alone = encoder(processor.collate([item]))
+            assert alone.mask.all()  # padded only to the stride: every cell holds pixels of the image
+            real = together.states[row][together.mask[row]]  # [n, C]
+            torch.testing.assert_close(real, alone.states[0], rtol=1e-4, atol=1e-5)
+            assert not torch.allclose(plain[row][together.mask[row]], alone.states[0], rtol=1e-3, atol=1e-3)
+
+
+def _to_plain_tokens(encoder, images):
+    """[B, S, C] from timm's forward_features alone (prefix kept), as a backbone without mmxattn's padding
+    handling would give them."""
+    features = encoder.backbone.forward_features(images)
+    return features if features.dim() == 3 else features.flatten(2).transpose(1, 2)
+
+
+def test_vit_gets_a_dynamic_size_under_resize_shorter_and_a_fixed_one_under_pad(shaped):
+    encoder, _ = build(image_cfg(SHORTER["vit"]))
+    assert encoder.backbone.dynamic_img_size
+    vit_64 = {"model_name": "vit_tiny_patch16_224", "model_kwargs": {"img_size": 64, "depth": 2},
+              "data_config": {"input_size": [3, 64, 64]}, "resize": "pad"}
+    encoder, processor = build(image_cfg(vit_64))
+    assert not encoder.backbone.dynamic_img_size
+    items = [processor(shaped[name]) for name in ("wide", "tall")]  # 13 × 64 and 64 × 21 in a 64 × 64 canvas
+    batch = processor.collate(items)
+    assert batch["images"].shape[-2:] == (64, 64) and batch["sizes"].tolist() == [[13, 64], [64, 21]]
+    with torch.no_grad():
+        together = encoder.eval()(batch)
+        plain = _to_plain_tokens(encoder, batch["images"])[:, 1:]  # timm's forward: padded patches attended to
+    assert torch.equal(together.mask[0], expected_mask((1, 4), (4, 4)))
+    assert torch.equal(together.mask[1], expected_mask((4, 2), (4, 4)))
+    for row in range(2):  # the padded patches are kept out of self-attention
+        assert not torch.allclose(together.states[row][together.mask[row]], plain[row][together.mask[row]], atol=1e-3)
+
+
+def test_a_model_without_variable_input_size_asks_for_resize_pad():
+    fixed = {**SHORTER["vit"], "model_kwargs": {**SHORTER["vit"]["model_kwargs"], "dynamic_img_size": False}}
+    with pytest.raises(ConfigError, match="does not accept input_size=.*use encoder.resize=pad"):
+        build(image_cfg(fixed))
+
+
+def test_configs_without_resize_squash_as_models_exported_before_it_did(shaped):
+    _, processor = build(image_cfg(ARCHS["resnet"][0]))  # no `resize` key: an older exported config
+    assert processor(shaped["wide"]).shape == (3, 64, 64)
+    with pytest.raises(ConfigError, match="encoder.resize='crop'"):
+        build(image_cfg(ARCHS["resnet"][0], resize="crop"))
+
+
+def test_augmentation_keeps_the_images_own_shape(shaped):
+    options = {"scale": [0.6, 1.0], "ratio": [0.9, 1.1], "hflip": 0.5}
+    _, processor = build(image_cfg(SHORTER["resnet"], augment=True, augmentation=options), train=True)
+    random.seed(0)
+    views = [processor(shaped["wide"]) for _ in range(6)]
+    assert all(v.shape[1] == 64 and 4 * 64 <= v.shape[2] <= 6 * 64 for v in views)  # still a wide line (1:5)
+    assert len({tuple(v.shape) for v in views}) > 1 or any(not torch.equal(views[0], v) for v in views)
+    with pytest.raises(ConfigError, match="auto_augment works with encoder.resize=squash only"):
+        build(image_cfg(SHORTER["resnet"], augment=True, augmentation={"auto_augment": "rand-m9"}), train=True)
+
+
+def test_attention_maps_describe_each_images_own_grid(shaped, tmp_path):
+    """mmx-attend's mapper on a wide and a tall image in one padded batch: each map keeps its image's real
+    positions only, and its ContextView shows that image (resized, padded to its cells) tiled by its grid."""
+    from omegaconf import OmegaConf
+
+    from mmxattn.attention_maps import AttentionMapper
+    from mmxattn.model import build_model
+    from mmxattn.tokenizer import Tokenizer, Tokenizers
+
+    tokenizers = Tokenizers(Tokenizer.train(["a wide line of text", "a tall stack of shapes"] * 8, vocab_size=30))
+    cfg = OmegaConf.create({"encoder": image_cfg(SHORTER["resnet"]), "generation": {"strategy": "greedy", "max_len": 4},
+                            "decoder": {"d_model": 16, "num_layers": 1, "num_heads": 2, "ffn_dim": 32, "dropout": 0.0,
+                                        "tie_embeddings": True}})
+    torch.manual_seed(0)
+    mapper = AttentionMapper(build_model(cfg, tokenizers).eval(), tokenizers, cfg)
+    wide, tall = mapper([shaped["wide"], shaped["tall"]])
+    for amap, cells, pixels in ((wide, (2, 10), (64, 320)), (tall, (6, 2), (192, 64))):
+        (span,) = amap.sources
+        assert amap.weights.shape[-1] == cells[0] * cells[1]  # the padded positions are gone
+        torch.testing.assert_close(amap.weights.sum(-1), torch.ones(amap.weights.shape[:-1]))  # none went to padding
+        assert span.view.kind == "image" and span.view.grid == cells and span.view.image.shape == (*pixels, 3)
+        assert span.view.position_labels(amap.weights.shape[-1])[cells[1]] == "r1c0"  # row by row
+
+
+def test_feature_map_tokens_tell_where_they_sit(shaped):
+    """GridPositions: cells of equal content differ from the start (so cross-attention can tell them apart
+    before the backbone has learned anything), and by cell, not by how far the batch is padded."""
+    encoder, _ = build(image_cfg(SHORTER["resnet"], positions=True))
+    flat = torch.zeros(1, 3, 64, 320)  # every cell alike, but for the borders: a uniform image
+    with torch.no_grad():
+        states = encoder.eval()({"images": flat}).states  # [1, 20, 512]
+    plain = _to_plain_tokens(encoder, flat)[0]
+    assert len({tuple(row.round(decimals=4).tolist()) for row in plain}) < 20  # interior cells coincide
+    assert len({tuple(row.round(decimals=4).tolist()) for row in states[0]}) == 20  # 2 × 10 different cells
+    legacy = build(image_cfg(ARCHS["resnet"][0]))[0]  # a config without the keys, as exported before them
+    assert legacy.positions is None and legacy.norm is None

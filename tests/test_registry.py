@@ -88,7 +88,8 @@ class FakeSite:
 @pytest.fixture
 def site(tmp_path, monkeypatch):
     monkeypatch.delenv(registry.STRICT_ENV, raising=False)
-    monkeypatch.setattr(registry, "_loaded", {})
+    monkeypatch.setattr(registry.ENCODERS, "loaded", {})
+    monkeypatch.setattr(registry.DATA_FORMATS, "loaded", {})
     before = set(sys.modules)
     yield FakeSite(tmp_path / "site", monkeypatch)
     for name in set(sys.modules) - before:

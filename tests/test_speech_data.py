@@ -1,5 +1,6 @@
 """Speech data: the fairseq manifest reader and its bad rows, frame-budget batching, the synthetic set,
-WER, and the speech recipes (quickstart, CoVoST, MuST-C) training a few steps on tiny generated data."""
+WER, the speech recipes (quickstart, base, CoVoST, MuST-C) training a few steps on tiny generated data, CTC on
+source transcripts, and files at 8 to 48 kHz."""
 
 from __future__ import annotations
 
@@ -20,11 +21,12 @@ from mmxattn.data.datamodule import Seq2SeqDataModule
 from mmxattn.data.samples import SkipReport
 from mmxattn.data.speech import AudioPath, read_speech_tsv
 from mmxattn.data.synthetic_speech import NOUNS, VERBS, write_speech_corpus
-from mmxattn.errors import DataError
+from mmxattn.errors import ConfigError, DataError
 from mmxattn.metrics import METRICS, normalize_for_wer, word_error_rate
+from mmxattn.model import build_model
 from mmxattn.registry import get_plugin
 from mmxattn.train import train
-from mmxattn_encoders.audio import AudioProcessor, log_mel_fbank
+from mmxattn_encoders.audio import AudioProcessor, log_mel_fbank, mel_centres
 
 from .conftest import TINY, compose_config
 
@@ -273,3 +275,69 @@ def test_quickstart_recipe_trains_and_mmx_generate_reads_audio(corpus, tmp_path,
     bad.write_text("id\tn_frames\nx\t10\n")
     with pytest.raises(DataError, match=r"bad.tsv:1: .*audio"):
         generate_cli.read_inputs([str(bad)], get_plugin("audio"))
+
+
+def test_speech_base_recipe_trains_a_few_steps_with_ctc(corpus, tmp_path):
+    cfg = compose_config(["recipe=speech_translation/base", *TINY, f"data.root={corpus}", "data.valid=valid",
+                          "data.test=test", "tokenizer.vocab_size=40", *SHORT_RUN], output_dir=tmp_path / "run")
+    assert cfg.encoder.name == "audio" and cfg.loss.ctc_weight > 0 and cfg.early_stopping.patience
+    assert cfg.optim.schedule == "inverse_sqrt" and cfg.data.min_batches_per_epoch
+    results = train(cfg)
+    assert results["global_step"] == 2 and {"test_bleu", "test_wer"} <= set(results)
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        assert "train/ctc" in f.readline()  # the CTC part is logged apart from the total
+
+
+def test_ctc_on_source_transcripts_uses_their_own_tokenizer(corpus, tmp_path):
+    """loss.ctc_target=source: src_text in the source tokenizer's pieces (their own model with joint=false)."""
+    cfg = speech_cfg(corpus, tmp_path, "loss.ctc_weight=0.3", "loss.ctc_target=source", "tokenizer.joint=false")
+    module = Seq2SeqDataModule(cfg)
+    module.prepare(("train",))
+    tokenizers = module.tokenizers
+    assert not tokenizers.joint
+    sample = module.splits["train"].samples[0]
+    assert sample.transcript and module.splits["train"].ctc_targets[0] == tokenizers.source.encode(sample.transcript)
+    batch = next(iter(module.loader("train", shuffle=False)))
+    assert batch["ctc_target"].shape[0] == len(batch["index"]) and (batch["ctc_target"] != 0).any()
+    assert build_model(cfg, tokenizers).ctc_head.proj.out_features == len(tokenizers.source)
+    module.prepare(("test",))
+    assert module.splits["test"].ctc_targets is None  # decoding the test split needs no transcripts
+
+    bare = tmp_path / "bare"  # a manifest without src_text cannot feed it: the row is named
+    bare.mkdir()
+    for split in ("train", "valid"):
+        rows = [line.split("\t") for line in (corpus / f"{split}.tsv").read_text().splitlines()]
+        write_manifest(bare / f"{split}.tsv", *("\t".join([*r[:4], r[5]]) for r in rows))
+    (bare / "clips").symlink_to(corpus / "clips")
+    with pytest.raises(DataError, match=r"train.tsv:2: no source transcript \(src_text\)"):
+        Seq2SeqDataModule(speech_cfg(bare, tmp_path, "loss.ctc_weight=0.3", "loss.ctc_target=source")).prepare(("train",))
+
+
+# --- sample rates -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("configured", [16000, 8000])
+@pytest.mark.parametrize("rate", [8000, 16000, 22050, 44100, 48000])
+def test_any_file_rate_gives_frames_at_the_configured_rate(tmp_path, rate, configured):
+    """One second at any rate is 98 frames of 10 ms (25 ms windows) at the configured rate, as the manifest's
+    n_frames and the processor's length say, and every bin that the file can fill carries signal."""
+    t = np.arange(rate) / rate  # a chirp from 100 Hz to below the lower of the two Nyquist frequencies
+    top = min(rate, configured) / 2 * 0.9
+    wave = 0.3 * np.sin(2 * np.pi * (100 * t + (top - 100) / 2 * t**2)).astype(np.float32)
+    path = tmp_path / f"{rate}.wav"
+    sf.write(path, wave + 0.001 * np.random.default_rng(0).standard_normal(rate).astype(np.float32), rate)
+    processor = AudioProcessor(sample_rate=configured)
+    feats = processor(str(path))
+    assert feats.shape == (98, 80) and torch.isfinite(feats).all()
+    assert processor.length(str(path)) == 98
+    assert processor.length(AudioPath(str(path), None)) == 98
+    centres = mel_centres(configured, 80)
+    below = centres < min(rate, configured) / 2 * 0.85
+    assert (feats[:, below].std(0) > 0.1).all()  # nothing silently empty where the file has content
+    if rate < configured:  # upsampled: the bins above the file's Nyquist frequency hold nothing of it
+        assert (feats[:, centres > rate / 2] == 0).all()
+
+
+def test_too_many_mel_bins_for_the_rate_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"num_mel_bins=128 at encoder.sample_rate=8000: 4 mel filters .* at most 95"):
+        AudioProcessor(sample_rate=8000, num_mel_bins=128)

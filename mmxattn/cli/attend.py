@@ -126,7 +126,7 @@ def main(argv=None) -> None:
     setup_logging()
     if args.top < 1:
         raise ConfigError(f"--top={args.top}: list at least one context position")
-    mapper = AttentionMapper.from_checkpoint(args.checkpoint, args.device)
+    mapper = AttentionMapper.from_checkpoint(args.checkpoint, args.device, args.backend)
     sources = list(mapper.source_configs)
     if args.tsv:
         items = read_tsv(args.tsv, sources)

@@ -46,6 +46,8 @@ def add_generation_args(parser) -> None:
     g.add_argument("--seed", type=int, help="random seed for sampling")
     parser.add_argument("--batch-size", type=int, default=32, help="inputs decoded together (default 32)")
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--backend", default="auto", choices=["auto", "eager", "cpu", "compile"],
+                        help="inference backend (mmxattn.inference): auto = cpu on a CPU, eager elsewhere")
 
 
 def _cuda() -> bool:

@@ -42,7 +42,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     setup_logging()
     keep_freed_memory()
-    model, tokenizers, cfg = load_for_inference(args.checkpoint, args.device)
+    model, tokenizers, cfg = load_for_inference(args.checkpoint, args.device, args.backend)
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(args.overrides))
     except Exception as e:

@@ -14,7 +14,6 @@ from ..cpu_allocator import keep_freed_memory
 from ..data.samples import check_not_folder, decode_lines, read_lines
 from ..data.speech import resolve_audio
 from ..errors import DataError, MmxError
-from ..generation import generate
 from ..model import encoder_configs
 from .common import add_generation_args, generation_config, setup_logging, user_errors_exit
 
@@ -120,7 +119,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     setup_logging()
     keep_freed_memory()
-    model, tokenizers, cfg = load_for_inference(args.checkpoint, args.device)
+    model, tokenizers, cfg = load_for_inference(args.checkpoint, args.device, args.backend)
     sources = encoder_configs(cfg)
     if len(sources) != 1:
         raise MmxError(f"this model reads {len(sources)} sources ({', '.join(sources)}); mmx-generate takes one")
@@ -148,7 +147,7 @@ def main(argv=None) -> None:
         for start in range(0, len(order), args.batch_size):
             chunk = order[start : start + args.batch_size]
             batch = {k: v.to(args.device) for k, v in processor.collate([features[i] for i in chunk]).items()}
-            for i, hyps in zip(chunk, generate(model.decoder, model.encode({source: batch}), gen)):
+            for i, hyps in zip(chunk, model.generate({source: batch}, gen)):
                 outputs[i] = hyps
 
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .. import registry
+from ..ctc import settings as ctc_settings
 from ..errors import ConfigError, DataError
 from ..model import PRESENT, encoder_configs
 from ..tokenizer import BOS, EOS, PAD, Tokenizers
@@ -45,12 +46,14 @@ IGNORE = -100  # label id that the loss ignores (padding)
 
 
 class Seq2SeqDataset(Dataset):
-    """samples with their tokenized targets and sizes (max of source/target length, for batching)."""
+    """samples with their tokenized targets and sizes (max of source/target length, for batching), and the
+    tokenized source transcripts when an auxiliary CTC loss reads them (loss.ctc_target=source)."""
 
     def __init__(self, samples: list[Sample], targets: list[list[int]], sizes: list[int],
-                 processors: dict[str, registry.Processor], skip_invalid: bool = False):
+                 processors: dict[str, registry.Processor], skip_invalid: bool = False,
+                 ctc_targets: list[list[int]] | None = None):
         self.samples, self.targets, self.sizes, self.processors = samples, targets, sizes, processors
-        self.skip_invalid = skip_invalid
+        self.skip_invalid, self.ctc_targets = skip_invalid, ctc_targets
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -81,7 +84,10 @@ class Seq2SeqDataset(Dataset):
                 log.warning("skipping %s: %s", sample.where, e)
                 return None
             raise DataError(f"{sample.where}: {e}") from e
-        return {"sources": sources, "target": self.targets[index], "index": index}
+        item = {"sources": sources, "target": self.targets[index], "index": index}
+        if self.ctc_targets is not None:
+            item["ctc_target"] = self.ctc_targets[index]
+        return item
 
 
 class Collater:
@@ -111,6 +117,11 @@ class Collater:
             target_out=target_out,  # [B, T] y1 .. yn EOS IGNORE..
             index=torch.tensor([item["index"] for item in good]),
         )
+        if "ctc_target" in good[0]:  # source transcripts for CTC: [B, L] padded with PAD (the CTC blank)
+            ctc = torch.full((len(good), max(len(item["ctc_target"]) for item in good)), PAD, dtype=torch.long)
+            for row, item in enumerate(good):
+                ctc[row, : len(item["ctc_target"])] = torch.tensor(item["ctc_target"], dtype=torch.long)
+            batch["ctc_target"] = ctc
         return batch
 
     @staticmethod
@@ -150,6 +161,8 @@ class Seq2SeqDataModule(L.LightningDataModule):
             text_sources = [s for s, c in encoder_configs(self.cfg).items() if registry.get_plugin(c["name"]).input_kind == "text"]
             source_texts = [smp.sources[s] for smp in train for s in text_sources
                             if smp.sources.get(s) is not None] if text_sources else None
+            if source_texts is None and self._ctc_on_transcripts:  # the source tokenizer is the transcripts'
+                source_texts = [smp.transcript for smp in train if smp.transcript]
             self.tokenizers = Tokenizers.build(self.cfg.tokenizer, source_texts, [smp.target for smp in train],
                                                where=self._describe("train", train))
         for split, split_samples in samples.items():
@@ -178,7 +191,8 @@ class Seq2SeqDataModule(L.LightningDataModule):
     def _dataset(self, split: str, samples: list[Sample]) -> Seq2SeqDataset:
         processors = self.processors(train=(split == "train"))
         max_len = self.data_cfg.max_len
-        kept, targets, sizes = [], [], []
+        kept, targets, sizes, ctc_targets = [], [], [], []
+        with_transcripts = self._ctc_on_transcripts and split != "test"  # the loss needs them; decoding does not
         for sample in samples:
             present = [n for n in processors if sample.sources.get(n) is not None]
             if not present:
@@ -202,13 +216,28 @@ class Seq2SeqDataModule(L.LightningDataModule):
                     )
                 self.skipped.add(f"longer than data.max_len={max_len}", sample.where)
                 continue
+            if with_transcripts:
+                if not sample.transcript:
+                    if not self.data_cfg.skip_invalid:
+                        raise DataError(f"{sample.where}: no source transcript (src_text), which loss.ctc_target=source "
+                                        "needs; add it, use loss.ctc_target=target, or set data.skip_invalid=true")
+                    self.skipped.add("no transcript for CTC", sample.where)
+                    continue
+                ctc_targets.append(self.tokenizers.source.encode(sample.transcript))
             kept.append(sample)
             targets.append(target)
             sizes.append(size)
         if not kept:  # the readers reject an empty split themselves; this is every sample dropped above
             why = self.skipped.summary("samples so far") if self.skipped.total else "the split is empty"
             raise DataError(f"{self._describe(split, samples)}: no usable samples left after the checks ({why})")
-        return Seq2SeqDataset(kept, targets, sizes, processors, skip_invalid=self.data_cfg.skip_invalid)
+        return Seq2SeqDataset(kept, targets, sizes, processors, skip_invalid=self.data_cfg.skip_invalid,
+                              ctc_targets=ctc_targets if with_transcripts else None)
+
+    @property
+    def _ctc_on_transcripts(self) -> bool:
+        """An auxiliary CTC loss on the samples' source transcripts (loss.ctc_weight > 0, ctc_target=source)."""
+        weight, target = ctc_settings(self.cfg)
+        return bool(weight) and target == "source"
 
     def _world(self) -> tuple[int, int]:
         if self.trainer is not None:

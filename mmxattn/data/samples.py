@@ -18,12 +18,15 @@ class Sample:
     target:  the target text
     where:   "file:line" (or similar) for error messages
     references: all reference texts for scoring (several captions per image); defaults to [target]
+    transcript: what the source says, where the data has it (a speech manifest's src_text): the targets of an
+                auxiliary CTC loss with loss.ctc_target=source
     """
 
     sources: dict[str, Any]
     target: str
     where: str
     references: list[str] = field(default_factory=list)
+    transcript: str | None = None
 
     def __post_init__(self):
         if not self.references:

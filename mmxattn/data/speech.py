@@ -142,7 +142,8 @@ def read_speech_tsv(data_cfg, split: str, skipped: SkipReport) -> list[Sample]:
                 )
             skipped.add(reason, where)
             continue
-        samples.append(Sample({"src": AudioPath(resolved, int(n_frames))}, target, where))
+        transcript = fields[header.index("src_text")].strip() if "src_text" in header else None
+        samples.append(Sample({"src": AudioPath(resolved, int(n_frames))}, target, where, transcript=transcript or None))
     if not samples:
         rows = sum(1 for line in lines[1:] if line is None or line.strip())
         raise no_samples(split, str(manifest), "rows", rows, skipped)

@@ -18,6 +18,8 @@ import math
 import re
 from collections import Counter
 
+from .score import Score
+
 # pycocoevalcap/tokenizer/ptbtokenizer.py removes exactly these tokens after tokenizing. It lowercases
 # before the comparison, so the bracket tokens ("-lrb-") survive there, and here too.
 PUNCTUATIONS = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
@@ -111,8 +113,6 @@ def cider_d_scores(hypotheses: list[str], references: list[list[str]], *, n: int
 
 def corpus_cider_d(hypotheses: list[str], references: list[list[str]]):
     """CIDEr-D ×100 over a set of images, on raw captions (tokenized here like the COCO evaluation)."""
-    from .metrics import Score
-
     if not hypotheses:
         return Score("CIDEr-D", 0.0, "no hypotheses")
     hyps = [ptb_tokenize(h) for h in hypotheses]

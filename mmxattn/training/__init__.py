@@ -1,0 +1,1 @@
+"""Training: the Lightning task (loss and optimisation), its callbacks, checkpoints, and `train(cfg)`."""
