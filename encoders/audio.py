@@ -32,12 +32,14 @@ import torchaudio.functional as AF
 import torchaudio.transforms as AT
 from torch import nn
 
-from mmxattn.context import Context, ContextView
+from mmxattn.context import Context
 from mmxattn.data.samples import check_not_folder
 from mmxattn.data.speech import FRAME_LENGTH_S, FRAME_SHIFT_S, fbank_frames, split_fairseq_path
 from mmxattn.errors import ConfigError, DataError
 from mmxattn.layers import TransformerEncoder, sinusoidal_positions
 from mmxattn.registry import EncoderPlugin, Processor
+
+from .views import SpectrogramView
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 NPY_MAGIC = b"\x93NUMPY"
@@ -326,9 +328,9 @@ class AudioProcessor(Processor):
             return 1
         return fbank_frames(math.ceil(info.frames * self.sample_rate / info.samplerate), self.sample_rate)
 
-    def describe_context(self, raw: str, n_positions: int) -> ContextView:
+    def describe_context(self, raw: str, n_positions: int) -> SpectrogramView:
         """The log-mel spectrogram (before normalisation) that the context positions cover evenly in time."""
-        return ContextView(kind="spectrogram", spectrogram=self.features(raw).numpy(), seconds_per_frame=FRAME_SHIFT_S)
+        return SpectrogramView(spectrogram=self.features(raw).numpy(), seconds_per_frame=FRAME_SHIFT_S)
 
     def collate(self, items: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         lengths = torch.tensor([item.shape[0] for item in items])

@@ -45,7 +45,9 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torchvision import transforms
 
-from mmxattn.context import Context, ContextView, patch_grid
+from mmxattn.context import Context
+
+from .views import ImageView, patch_grid
 from mmxattn.errors import ConfigError, DataError
 from mmxattn.layers import sinusoidal_positions
 from mmxattn.registry import EncoderPlugin, Processor
@@ -771,7 +773,7 @@ class ImageProcessor(Processor):
         mask = grid_mask(real_cells(sizes, padded, grid), grid, self.geometry.prefix)  # [B, S]
         return {"images": images, "sizes": sizes, "mask": mask}
 
-    def describe_context(self, raw: str | Path, n_positions: int) -> ContextView:
+    def describe_context(self, raw: str | Path, n_positions: int) -> ImageView:
         """The image as the model saw it (resized, padded to its cells; normalisation undone) and the grid
         of its real positions, which the attention maps list row by row."""
         batch = self.collate([self(raw)])
@@ -781,12 +783,12 @@ class ImageProcessor(Processor):
         rows, cols = real_cells(batch["sizes"], padded, grid)[0].tolist()
         if self.geometry.prefix + rows * cols == n_positions:  # crop to the pixels the real cells tile
             pixels = pixels[:, : round(rows * padded[0] / grid[0]), : round(cols * padded[1] / grid[1])]
-            return ContextView(kind="image", image=_to_uint8(pixels), grid=(rows, cols), prefix=self.geometry.prefix)
+            return ImageView(image=_to_uint8(pixels), grid=(rows, cols), prefix=self.geometry.prefix)
         image = _to_uint8(pixels)
         found = patch_grid(n_positions, image.shape[0], image.shape[1])
         if found is None:
-            return ContextView(kind="image", image=image)
-        return ContextView(kind="image", image=image, grid=found[0], prefix=found[1])
+            return ImageView(image=image)
+        return ImageView(image=image, grid=found[0], prefix=found[1])
 
 
 def _to_uint8(pixels: torch.Tensor):

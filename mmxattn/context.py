@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
@@ -62,51 +61,42 @@ class Bridge(nn.Module):
 class ContextView:
     """What one sample's context positions show, for people looking at attention (`mmx-attend`).
 
-    An encoder's processor may return one from `Processor.describe_context(raw, n_positions)`; without
-    it the positions are just numbered. `kind` picks the picture:
-    - "tokens":      `labels`, one per position (a text encoder: its source pieces);
-    - "image":       `image` [H, W, 3] uint8 as the model saw it (after resize/crop); the last
-                     rows × cols positions tile it row by row as `grid`, after `prefix` extra positions
-                     (a ViT's class/register tokens);
-    - "spectrogram": `spectrogram` [frames, bins] (log-mel features) that the positions cover evenly in
-                     time, `seconds_per_frame` apart;
-    - "positions":   nothing to show but position numbers.
+    An encoder's processor may return one from `Processor.describe_context(raw, n_positions)`; without it
+    the positions are just numbered. This class draws the plain picture: a heatmap with the generated
+    tokens down and the context positions across, labelled with `labels` (a text encoder gives its source
+    pieces). A plugin shows its own modality by subclassing it and overriding `position_labels`,
+    `figure_size` and `draw`, as the built-in image and audio encoders do (encoders/views.py); mmxattn
+    itself knows no modality.
+
+    kind: a short name for what the positions are ("tokens", "positions", or a subclass's own), for tables
+    and JSON; the picture comes from the class.
     """
 
     kind: str = "positions"
     labels: list[str] | None = None
-    image: Any = None  # numpy [H, W, 3] uint8
-    grid: tuple[int, int] | None = None
-    prefix: int = 0
-    spectrogram: Any = None  # numpy [frames, bins]
-    seconds_per_frame: float = 0.01
     extra: dict = field(default_factory=dict)
 
     def position_labels(self, n_positions: int) -> list[str]:
         """A short name per context position, for tables and axis ticks."""
-        if self.kind == "tokens" and self.labels is not None and len(self.labels) == n_positions:
+        if self.labels is not None and len(self.labels) == n_positions:
             return list(self.labels)
-        if self.kind == "image" and self.grid is not None:
-            cols = self.grid[1]
-            return [f"cls{i}" if i < self.prefix else f"r{(i - self.prefix) // cols}c{(i - self.prefix) % cols}"
-                    for i in range(n_positions)]
-        if self.kind == "spectrogram" and self.spectrogram is not None and n_positions:
-            per_position = len(self.spectrogram) / n_positions  # frames
-            return [f"{i * per_position * self.seconds_per_frame:.2f}s" for i in range(n_positions)]
         return [f"#{i}" for i in range(n_positions)]
 
+    def figure_size(self, n_targets: int, n_positions: int) -> tuple[float, float]:
+        """(width, height) in inches of the picture of T = n_targets tokens over S = n_positions positions."""
+        from .viz.plotting import clamp
 
-def patch_grid(n_positions: int, height: int, width: int, max_prefix: int = 8) -> tuple[tuple[int, int], int] | None:
-    """((rows, cols), prefix) such that prefix + rows·cols = n_positions and rows/cols ≈ height/width.
+        return clamp(2.2 + 0.3 * n_positions, 4.0, 30.0), clamp(1.6 + 0.3 * n_targets, 3.0, 30.0)
 
-    Image encoders flatten a feature map (CNN) or patch grid (ViT, maybe after class/register tokens)
-    row by row; this recovers the grid from the token count and the image's aspect ratio. None when no
-    grid within 25% of the aspect ratio fits.
-    """
-    aspect = height / width
-    for prefix in range(0, min(max_prefix, n_positions - 1) + 1):
-        n = n_positions - prefix
-        best = min(((r, n // r) for r in range(1, n + 1) if n % r == 0), key=lambda g: abs(g[0] / g[1] - aspect))
-        if abs(best[0] / best[1] - aspect) <= 0.25 * aspect:
-            return best, prefix
-    return None
+    def draw(self, fig, weights, target_labels: list[str], title: str) -> None:
+        """Draw weights [T, S] (numpy; row t = what generated token t read) into the matplotlib Figure `fig`."""
+        from .viz.plotting import colorbar, heatmap, ticks
+
+        ax = fig.add_subplot()
+        image = heatmap(ax, weights)
+        ticks(ax, "x", self.position_labels(weights.shape[1]))
+        ticks(ax, "y", target_labels)
+        ax.set_xlabel("context")
+        ax.set_ylabel("generated")
+        ax.set_title(title, fontsize=9)
+        colorbar(fig, image, ax)

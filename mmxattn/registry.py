@@ -109,7 +109,8 @@ class DataFormat:
               with `skipped` counting what `data.skip_invalid=true` dropped.
     manifest: the file suffix of one split (".tsv"), if a single such file holds a split. `mmx-generate`
               then reads a file of that kind in this format (`read_file`), so a model takes the manifests
-              it was trained on.
+              it was trained on. There the split is called "generate", and `data_cfg.for_generation` is
+              true: a reader must then accept rows without a target (give them target "").
     """
 
     read: Callable[..., list]
@@ -119,7 +120,8 @@ class DataFormat:
         """The samples of one manifest file in this format (`data.root` and the split name set from it)."""
         from omegaconf import OmegaConf
 
-        cfg = OmegaConf.merge(data_cfg, {"root": str(path.parent), "generate": path.stem, "skip_invalid": False})
+        cfg = OmegaConf.merge(data_cfg, {"root": str(path.parent), "generate": path.name, "skip_invalid": False,
+                                         "for_generation": True})
         return self.read(cfg, "generate", skipped)
 
 
@@ -184,9 +186,10 @@ class Registry:
             raise self.conflict_error(name, conflicting[name])
         if name not in found:
             raise PluginError(
-                f"unknown {self.what} '{name}'. Available: {', '.join(sorted(found)) or '(none)'}.{unknown_hint} "
-                f"Choose one of them with {self.select_with}=<name>, or install the package that provides it "
-                "(`mmx-encoders` lists what is installed and what failed to load)."
+                f"{self.select_with}={name}: unknown {self.what} '{name}'. Available: "
+                f"{', '.join(sorted(found)) or '(none)'}.{unknown_hint} Choose one of them with "
+                f"{self.select_with}=<name>, or install the package that provides it (registered in the "
+                f"'{self.group}' entry-point group; `mmx-encoders` lists the installed encoders)."
             )
         info = found[name]
         key = (name, info.value)

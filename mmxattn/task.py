@@ -1,4 +1,9 @@
-"""The LightningModule: teacher-forced training with label smoothing, validation loss and metrics.
+"""The LightningModule: teacher-forced training with label smoothing, the validation loss, and the optimizer.
+
+It holds the loss and the optimisation only. What a run does around them are callbacks that `train.py`
+builds from their own config sections (mmxattn/training/): decoding and scoring the validation split
+(validation.py), the per-micro-batch trace files (trace.py), the RNG state in checkpoints (rng.py), and
+the tokenizers and run config that every checkpoint carries (metadata.py).
 
 The gradient of one optimizer step is the mean over every target token of the global batch (all ranks,
 all accumulated micro-batches), as in fairseq: each micro-batch returns its summed loss and the gradient
@@ -10,66 +15,55 @@ number of tokens in each part. Non-finite steps are skipped on the device (see g
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-
-from pathlib import Path
+from collections.abc import Mapping
 
 import lightning as L
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from . import ctc
 from .data.datamodule import IGNORE
 from .errors import ConfigError
-from .generation import GenerationConfig
 from .guards import NonFiniteGuard
 from .schedule import WarmupSchedule
-from .metrics import check_metric_names, score_all
 from .model import EncoderDecoder
-from .tokenizer import Tokenizers
+from .training.trace import describe_train_samples
 
 log = logging.getLogger(__name__)
 
 
-def check_compiler(accelerator: str) -> None:
-    """torch.compile on CPU writes C++ and needs a compiler; without one it fails deep inside inductor."""
-    if accelerator != "cpu":
-        return
-    candidates = [os.environ.get("CXX") or "g++", "clang++"]
-    if not any(shutil.which(c) for c in candidates):
-        raise ConfigError(
-            f"compile.train=true on CPU needs a C++ compiler, and none of {candidates} is on PATH: install one "
-            "(e.g. `apt install g++`), or set compile.train=false"
-        )
-
-
 class Seq2SeqTask(L.LightningModule):
-    def __init__(self, model: EncoderDecoder, tokenizers: Tokenizers, cfg: DictConfig):
+    """Loss and optimisation of an EncoderDecoder, from the config sections they read.
+
+    loss: the `loss` section (label_smoothing, ctc_weight, ctc_target). optim: the `optim` section (AdamW
+    and its schedule). loss_unit: `data.max_tokens`, the size the summed loss is divided by before it is
+    returned, to keep it near the size of a mean (on_before_optimizer_step undoes it). guard: the `guard`
+    section (non-finite steps), None for its defaults. `mmxattn.train.build_task(cfg, model)` builds one
+    from a whole run config.
+    """
+
+    def __init__(self, model: EncoderDecoder, loss: Mapping, optim: DictConfig, loss_unit: float,
+                 guard: Mapping | None = None):
         super().__init__()
-        self.model, self.tokenizers, self.cfg = model, tokenizers, cfg
-        self.val_generation = GenerationConfig(**cfg.eval.generation)
-        check_metric_names(cfg.eval.metrics)
+        self.model, self.optim_cfg = model, optim
+        self.label_smoothing = float(loss["label_smoothing"])
+        self.ctc_weight, self.ctc_target = ctc.settings({"loss": loss})  # it reads (and checks) loss.* of a run config
         self.skipped_samples = 0
-        self._val_outputs: list[tuple[int, str]] = []
         # no weight decay for biases, norms and embeddings; decided here, before DDP/FSDP wrap or flatten them
         self._no_decay = {name for name, p in model.named_parameters() if p.ndim < 2 or "embed" in name}
-        guard = cfg.get("guard") or {}
+        guard = guard or {}
         self.guard = NonFiniteGuard(
             max_in_row=int(guard.get("max_nonfinite_in_row", 10)), check_every=int(guard.get("check_every_n_steps", 20)),
-            describe=self._describe_train_samples,
+            describe=self._describe_train_samples,  # a bound method, not a lambda: the task stays picklable
         )
-        compile_cfg = cfg.get("compile") or {}
-        if compile_cfg.get("train"):
-            check_compiler(cfg.trainer.get("accelerator", "cpu"))
-            model.compile()  # in place: the state dict and checkpoints keep their keys
-        self._loss_unit = float(cfg.data.max_tokens)  # keeps the returned (summed) loss near the size of a mean
-        self.ctc_weight, self.ctc_target = ctc.settings(cfg)
+        self._loss_unit = float(loss_unit)
         self._ctc_too_short = torch.zeros((), dtype=torch.long)  # rows whose context cannot hold their CTC targets
+        # (summed loss [], target tokens []) of the current training micro-batch, None when it had no targets:
+        # what TraceData writes (read before backward, so a step that then fails is in the trace too)
+        self.last_train_loss: tuple[torch.Tensor, torch.Tensor] | None = None
         self._reset_window()
-        self._trace = None
 
     def _reset_window(self) -> None:
         """Sums over the micro-batches of the current optimizer step (on the device, no host sync)."""
@@ -93,7 +87,7 @@ class Seq2SeqTask(L.LightningModule):
             logits = self.model(batch["inputs"], batch["target_in"])  # [B, T, V]
         loss = F.cross_entropy(
             logits.flatten(0, 1).float(), target_out.flatten(), ignore_index=IGNORE,
-            label_smoothing=self.cfg.loss.label_smoothing, reduction="sum",
+            label_smoothing=self.label_smoothing, reduction="sum",
         )
         if self.ctc_weight:
             targets, lengths = self._ctc_targets(batch)  # [B, L], [B]
@@ -116,6 +110,7 @@ class Seq2SeqTask(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         self.skipped_samples += batch["skipped"]
+        self.last_train_loss = None
         if "target_in" not in batch:  # every sample of this batch was skipped as invalid
             # Every DDP rank must run a backward pass each step: a zero loss that reaches every weight.
             zero = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
@@ -128,8 +123,7 @@ class Seq2SeqTask(L.LightningModule):
         self.log("train/tokens", ntokens.float(), reduce_fx="sum", batch_size=1)
         if self.ctc_weight:
             self.log("train/ctc", self.last_ctc / ntokens.clamp(min=1), batch_size=int(batch["target_in"].shape[0]))
-        if self.cfg.get("trace_data"):
-            self._write_trace(batch_idx, loss_sum, ntokens, batch["index"])
+        self.last_train_loss = (loss_sum.detach(), ntokens)
         return loss_sum / self._loss_unit
 
     def _accumulate(self, ntokens: torch.Tensor, finite: torch.Tensor, indices: torch.Tensor | None = None) -> None:
@@ -179,6 +173,10 @@ class Seq2SeqTask(L.LightningModule):
         else:
             torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
+    def _describe_train_samples(self, indices: list[int]) -> str:
+        # the trainer is attached after __init__; without it (or a datamodule) the bare indices are named
+        return describe_train_samples(self._trainer, indices)
+
     def on_train_batch_end(self, outputs, batch, batch_idx):
         if self.guard.total:
             self.log("train/skipped_steps", float(self.guard.total), batch_size=1)
@@ -188,26 +186,8 @@ class Seq2SeqTask(L.LightningModule):
         if self.guard.total:
             log.warning("%d optimizer steps were skipped for a non-finite loss or gradient", self.guard.total)
 
-    def _describe_train_samples(self, indices: list[int]) -> str:
-        try:
-            samples = self.trainer.datamodule.splits["train"].samples
-        except (AttributeError, KeyError, RuntimeError):
-            return f"sample indices {indices[:8]}"
-        shown = ", ".join(samples[i].where for i in indices[:8])
-        return f"samples {shown}{' ...' if len(indices) > 8 else ''}"
-
-    def _write_trace(self, batch_idx: int, loss_sum: torch.Tensor, ntokens: torch.Tensor, indices: torch.Tensor) -> None:
-        """trace_data=true: one line per micro-batch and rank, to audit sharding and resume (syncs the host)."""
-        if self._trace is None:
-            path = Path(self.cfg.output_dir) / "trace" / f"rank{self.global_rank}.tsv"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._trace = path.open("a", buffering=1, encoding="utf-8")
-        ids = ",".join(str(i) for i in indices.tolist())
-        self._trace.write(
-            f"{self.global_step}\t{self.current_epoch}\t{batch_idx}\t{loss_sum.item()!r}\t{int(ntokens)}\t{ids}\n"
-        )
-
     def validation_step(self, batch, batch_idx):
+        """The validation loss; decoding and metrics are the ValidationDecoding callback's."""
         if "target_in" not in batch:
             return
         loss, ntokens = self._loss(batch)
@@ -215,38 +195,6 @@ class Seq2SeqTask(L.LightningModule):
         if self.ctc_weight:
             self.log("val/ctc", self.last_ctc / ntokens.clamp(min=1), sync_dist=True,
                      batch_size=int(batch["target_in"].shape[0]))
-        if self.cfg.eval.metrics:
-            # cap decoding near the references' length: an untrained model would otherwise babble to max_len
-            cap = 2 * batch["target_in"].shape[1] + 10
-            gen = GenerationConfig(**{**self.val_generation.__dict__, "max_len": min(self.val_generation.max_len, cap)})
-            hyps = self.model.generate(batch["inputs"], gen)
-            for index, hyp in zip(batch["index"].tolist(), hyps):
-                self._val_outputs.append((index, self.tokenizers.target.decode(hyp[0].tokens)))
-
-    def on_validation_epoch_end(self):
-        if not self.cfg.eval.metrics:
-            return
-        outputs, self._val_outputs = self._val_outputs, []
-        if dist.is_available() and dist.is_initialized():
-            gathered = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, outputs)
-            outputs = [item for part in gathered for item in part]
-        if not outputs:
-            return
-        outputs.sort()
-        samples = self.trainer.datamodule.splits["valid"].samples
-        scores = score_all(self.cfg.eval.metrics, [hyp for _, hyp in outputs], [samples[i].references for i, _ in outputs])
-        for name, score in scores.items():
-            # every rank holds the gathered outputs, so every rank logs the same value
-            self.log(f"val/{name}", score.value, prog_bar=True)
-        self.last_scores = scores
-        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            shown = "".join(
-                f"\n  src: {samples[i].sources.get('src', samples[i].where)}\n  ref: {samples[i].target}\n  hyp: {hyp}"
-                for i, hyp in outputs[: self.cfg.eval.show_examples]
-            )
-            summary = "; ".join(str(s) for s in scores.values())
-            log.info("epoch %d step %d: validation %s%s", self.current_epoch, self.global_step, summary, shown)
 
     def on_train_epoch_end(self):
         if self.skipped_samples:
@@ -259,7 +207,7 @@ class Seq2SeqTask(L.LightningModule):
             self._ctc_too_short.zero_()
 
     def configure_optimizers(self):
-        opt = self.cfg.optim
+        opt = self.optim_cfg
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
             if p.requires_grad:
@@ -297,24 +245,12 @@ class Seq2SeqTask(L.LightningModule):
             scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
     def on_save_checkpoint(self, checkpoint):
-        # Plain containers only, so that the checkpoint loads with torch.load(weights_only=True).
-        checkpoint["mmx_tokenizers"] = self.tokenizers.to_state()
-        checkpoint["mmx_config"] = OmegaConf.to_container(self.cfg, resolve=True)
+        # plain ints, so that the checkpoint loads with torch.load(weights_only=True)
         checkpoint["mmx_guard"] = self.guard.state_dict()
-        # dropout draws from the global torch RNG: restoring it makes a resumed run repeat the same masks
-        checkpoint["mmx_rng"] = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            checkpoint["mmx_rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
 
     def on_load_checkpoint(self, checkpoint):
         if "mmx_guard" in checkpoint:
             self.guard.load_state_dict(checkpoint["mmx_guard"])
-        self._rng_to_restore = checkpoint.get("mmx_rng")
 
     def on_train_start(self):
         self._bind_schedule()
-        rng, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
-        if rng:  # here rather than at load time: nothing else draws from the RNG before the first step now
-            torch.set_rng_state(rng["torch"])
-            if "cuda" in rng and self.device.type == "cuda":
-                torch.cuda.set_rng_state(rng["cuda"], self.device)

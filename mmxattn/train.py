@@ -13,10 +13,10 @@ cluster with the same job config, and nothing is re-launched.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -31,15 +31,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import AtomicCheckpointIO, LastCheckpoint, export_model, load_checkpoint_file, verify_checkpoint_file
 from .config_checks import check_config
-from .data import generated
-from .data.datamodule import SYNTHETIC, Seq2SeqDataModule
+from . import quickstart
+from .data.datamodule import Seq2SeqDataModule
 from .errors import ConfigError, TrainingInterrupted
 from .evaluate import score_split
 from .generation import GenerationConfig
 from .metrics import checkpoint_target
-from .model import build_model
+from .model import EncoderDecoder, build_model
 from .task import Seq2SeqTask
 from .training.cpu_speedups import apply_cpu_speedups
+from .training.metadata import CheckpointMetadata
+from .training.rng import RngState
+from .training.trace import TraceData
+from .training.validation import ValidationDecoding
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +98,28 @@ def build_early_stopping(cfg: DictConfig) -> list:
                           min_delta=float(stopping.get("min_delta", 0.0)), check_on_train_epoch_end=False)]
 
 
+def check_compiler(accelerator: str) -> None:
+    """torch.compile on CPU writes C++ and needs a compiler; without one it fails deep inside inductor."""
+    if accelerator != "cpu":
+        return
+    candidates = [os.environ.get("CXX") or "g++", "clang++"]
+    if not any(shutil.which(c) for c in candidates):
+        raise ConfigError(
+            f"compile.train=true on CPU needs a C++ compiler, and none of {candidates} is on PATH: install one "
+            "(e.g. `apt install g++`), or set compile.train=false"
+        )
+
+
+def build_task(cfg: DictConfig, model: EncoderDecoder) -> Seq2SeqTask:
+    """The task (loss and optimisation) from its config sections; with `compile.train` the model is first
+    compiled in place (its state dict, and so the checkpoints, keep their keys)."""
+    if (cfg.get("compile") or {}).get("train"):
+        check_compiler(cfg.trainer.get("accelerator", "cpu"))
+        model.compile()
+    return Seq2SeqTask(model, loss=cfg.loss, optim=cfg.optim, loss_unit=float(cfg.data.max_tokens),
+                       guard=cfg.get("guard"))
+
+
 def build_callbacks(cfg: DictConfig) -> list:
     """Extra Lightning callbacks from `callbacks: {name: {_target_: ..., arg: value}}` (e.g. EarlyStopping)."""
     specs = cfg.get("callbacks") or {}
@@ -112,31 +138,6 @@ def _recipe_in_use() -> str:
         return str(HydraConfig.get().runtime.choices.get("recipe"))
     except (ImportError, ValueError):  # not run through Hydra (a test, a notebook)
         return "none"
-
-
-def _write_synthetic(cfg: DictConfig) -> None:
-    """Generate quickstart data once: ranks started together (SLURM) wait for the one that writes it.
-
-    A generator writes only into an empty folder or one it wrote before: `data.root` pointed at a
-    user's own corpus while `data.synthetic` is still set (a quickstart recipe plus data.root=...) must
-    never overwrite the user's files.
-    """
-    if cfg.data.synthetic not in SYNTHETIC:
-        raise ConfigError(f"data.synthetic={cfg.data.synthetic!r}; expected one of {', '.join(SYNTHETIC)}")
-    root = Path(cfg.data.root)
-    foreign = generated.foreign_files(root)
-    if foreign:
-        raise ConfigError(
-            f"data.root={root} holds files that mmxattn did not generate ({', '.join(foreign[:6])}"
-            f"{', ...' if len(foreign) > 6 else ''}), but data.synthetic={cfg.data.synthetic} (from "
-            f"recipe={_recipe_in_use()}) would write a generated corpus there. To train on the files in it, "
-            "drop the quickstart recipe (recipe=none, or a base recipe) or set data.synthetic=null; to run "
-            "the quickstart, point data.root at a new or empty folder."
-        )
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / generated.LOCK, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        SYNTHETIC[cfg.data.synthetic](cfg.data.root, seed=cfg.seed)
 
 
 def _resolve_checkpoint_target(cfg: DictConfig) -> None:
@@ -215,7 +216,7 @@ def train(cfg: DictConfig) -> dict:
         _refuse_a_used_run_folder(output_dir)
     L.seed_everything(cfg.seed, workers=True)
     if cfg.data.get("synthetic"):
-        _write_synthetic(cfg)
+        quickstart.write(cfg.data.synthetic, cfg.data.root, seed=cfg.seed, asked_by=f"recipe={_recipe_in_use()}")
     _resolve_checkpoint_target(cfg)
     if ckpt_path:
         _keep_metrics_history(output_dir)
@@ -225,7 +226,8 @@ def train(cfg: DictConfig) -> dict:
     model = build_model(cfg, datamodule.tokenizers)
     if cfg.get("cpu_speedups") and cfg.trainer.get("accelerator") == "cpu":
         apply_cpu_speedups(model)  # plain nn.Dropout in the model; a cheaper mask drawn on CPUs
-    task = Seq2SeqTask(model, datamodule.tokenizers, cfg)
+    task = build_task(cfg, model)
+    validation = ValidationDecoding.from_config(cfg.eval, datamodule.tokenizers.target)  # checks eval.metrics
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %.2fM parameters; data: %d train / %d valid samples; vocab %d",
              n_params / 1e6, len(datamodule.splits["train"]), len(datamodule.splits["valid"]), len(datamodule.tokenizers.target))
@@ -238,12 +240,28 @@ def train(cfg: DictConfig) -> dict:
         auto_insert_metric_name=False, enable_version_counter=False,
     )
     last = LastCheckpoint(output_dir / "checkpoints", ckpt.get("every_n_steps", 0), ckpt.get("keep_last", 0))
+    # In the order Lightning calls them (it moves checkpoint callbacks to the end, wherever they are listed).
+    # The user's first, then ours, whose hooks ran in the task after every callback's before they were split
+    # out of it. `validation` logs val/<metric>, which EarlyStopping and the checkpoint callbacks monitor:
+    # they read it in on_validation_end, after every on_validation_epoch_end (training/validation.py), and
+    # come after it here too. RngState restores the RNG in on_train_start after every other callback's.
+    callbacks = [
+        *build_callbacks(cfg),
+        validation,
+        *build_early_stopping(cfg),
+        *([TraceData(cfg.output_dir)] if cfg.get("trace_data") else []),
+        CheckpointMetadata(datamodule.tokenizers, cfg),  # the tokenizers and the whole config, in every .ckpt
+        TQDMProgressBar(refresh_rate=cfg.progress_refresh),
+        RngState(),
+        checkpointing,
+        last,
+    ]
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_args["strategy"] = build_strategy(trainer_args)
     trainer = L.Trainer(
         **trainer_args,
         default_root_dir=output_dir,
-        callbacks=[*build_callbacks(cfg), *build_early_stopping(cfg), checkpointing, last, TQDMProgressBar(refresh_rate=cfg.progress_refresh)],
+        callbacks=callbacks,
         logger=CSVLogger(output_dir, name="", version=""),
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # the token-budget sampler shards by rank itself
@@ -263,10 +281,10 @@ def train(cfg: DictConfig) -> dict:
     results: dict = {"output_dir": str(output_dir)}
     if not trainer.is_global_zero:
         return results
-    val_scores, best = getattr(task, "last_scores", {}), checkpointing.best_model_path
+    val_scores, best = validation.last_scores, checkpointing.best_model_path
     if isinstance(trainer.strategy, FSDPStrategy):  # the trained modules are sharded: rebuild from the full .ckpt
         model = build_model(cfg, datamodule.tokenizers).to(trainer.strategy.root_device)
-        task = Seq2SeqTask(model, datamodule.tokenizers, cfg)
+        task = build_task(cfg, model)
         best = best or str(last.last_path)
     if best:
         task.load_state_dict(load_checkpoint_file(best, what="best checkpoint")["state_dict"])

@@ -10,7 +10,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from mmxattn.data.synthetic_translation import write_corpus
+from mmxattn.quickstart.translation import write_corpus
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

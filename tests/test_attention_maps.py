@@ -14,8 +14,8 @@ import torch
 from omegaconf import OmegaConf
 
 from mmxattn import attention, registry
-from mmxattn.attention_maps import AttentionMapper, cross_attention, encode_with_spans, reduce_weights
-from mmxattn.attention_plots import figure_size
+from mmxattn.viz.attention_maps import AttentionMapper, cross_attention, encode_with_spans, reduce_weights
+from mmxattn.viz.attention_plots import figure_size
 from mmxattn.checkpoint import export_model
 from mmxattn.cli import attend
 from mmxattn.context import Context

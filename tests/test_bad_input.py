@@ -108,7 +108,7 @@ def test_unknown_encoder_name_lists_available(tiny_cfg):
         ("encoder.num_heads=5", r"encoder\.d_model=32 is not divisible by encoder\.num_heads=5"),
         ("optim.schedule=cosinus", r"optim\.schedule='cosinus'"),
         ("eval.generation.strategy=best", r"generation\.strategy='best'"),
-        ("data.format=csv", r"data\.format='csv' is unknown"),
+        ("data.format=csv", r"data\.format=csv: unknown data format 'csv'\. Available: .*parallel_text"),
         ("eval.metrics=[bleu,meteor]", r"eval\.metrics: unknown \['meteor'\]"),
     ],
 )

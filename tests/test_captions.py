@@ -14,7 +14,7 @@ from PIL import Image
 
 from mmxattn.data.captions import read_coco_captions, read_karpathy
 from mmxattn.data.samples import SkipReport
-from mmxattn.data.synthetic_captions import make_scene, write_captions
+from mmxattn.quickstart.captions import make_scene, write_captions
 from mmxattn.errors import ConfigError, DataError
 from mmxattn.metrics import checkpoint_target
 from mmxattn.train import train

@@ -55,7 +55,7 @@ def test_a_process_killed_while_saving_leaves_the_previous_checkpoint(tmp_path):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, one_thread):
     """2 epochs of 4 steps; step checkpoints every 2 steps (newest 3 kept), the best 2 by val/loss kept."""
-    from mmxattn.data.synthetic_translation import write_corpus
+    from mmxattn.quickstart.translation import write_corpus
 
     root = tmp_path_factory.mktemp("ckpt")
     corpus = write_corpus(root / "corpus", train=60, valid=8, test=4, seed=9)

@@ -39,7 +39,7 @@ def run_overrides(corpus: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, one_thread):
     """Two 1-epoch runs (4 steps) on one corpus: a 2-layer and a 3-layer decoder. {"corpus", 2, 3: run folder}."""
-    from mmxattn.data.synthetic_translation import write_corpus
+    from mmxattn.quickstart.translation import write_corpus
 
     root = tmp_path_factory.mktemp("integrity")
     corpus = write_corpus(root / "corpus", train=60, valid=8, test=4, seed=9)

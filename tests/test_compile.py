@@ -14,7 +14,7 @@ import torch
 from mmxattn.data.datamodule import Seq2SeqDataModule
 from mmxattn.errors import ConfigError
 from mmxattn.model import build_model
-from mmxattn.task import Seq2SeqTask
+from mmxattn.train import build_task
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,7 +34,7 @@ def test_compiled_training_forward_matches_eager(tiny_cfg):
     eager = build_model(cfg, datamodule.tokenizers)
     compiled = build_model(cfg, datamodule.tokenizers)
     compiled.load_state_dict(eager.state_dict())
-    task = Seq2SeqTask(compiled, datamodule.tokenizers, cfg)  # compiles its model in place
+    task = build_task(cfg, compiled)  # compiles its model in place
 
     results = []
     for model in (eager, task.model):
@@ -46,7 +46,7 @@ def test_compiled_training_forward_matches_eager(tiny_cfg):
     assert grads_a.keys() == grads_b.keys()
     for name in grads_a:
         torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-3, atol=1e-5, msg=name)
-    assert task.state_dict().keys() == Seq2SeqTask(eager, datamodule.tokenizers, cfg).state_dict().keys()
+    assert task.state_dict().keys() == build_task(cfg, eager).state_dict().keys()
 
 
 def test_compile_without_a_cpp_compiler_is_a_config_error(tiny_cfg, monkeypatch):
@@ -56,7 +56,7 @@ def test_compile_without_a_cpp_compiler_is_a_config_error(tiny_cfg, monkeypatch)
     model = build_model(cfg, datamodule.tokenizers)
     monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(ConfigError, match="needs a C\\+\\+ compiler.*compile.train=false"):
-        Seq2SeqTask(model, datamodule.tokenizers, cfg)
+        build_task(cfg, model)
 
 
 @needs_compiler

@@ -14,7 +14,7 @@ from mmxattn.data.datamodule import IGNORE, Seq2SeqDataModule
 from mmxattn.decoder import TransformerDecoder
 from mmxattn.errors import ConfigError
 from mmxattn.model import EncoderDecoder, build_model
-from mmxattn.task import Seq2SeqTask
+from mmxattn.train import build_task
 from mmxattn.tokenizer import EOS
 from mmxattn_encoders.audio import AudioEncoder, AudioProcessor
 
@@ -106,7 +106,7 @@ def test_no_head_without_weight_and_the_task_adds_the_weighted_sum(tiny_cfg):
     torch.manual_seed(0)
     model = build_model(cfg, data.tokenizers)
     assert model.ctc_head.proj.out_features == len(data.tokenizers.target)
-    task = Seq2SeqTask(model, data.tokenizers, cfg).eval()
+    task = build_task(cfg, model).eval()
     total, ntokens = task._loss(batch, reduction="sum")
     logits, ctc_logits, mask = model(batch["inputs"], batch["target_in"], with_ctc=True)
     ce = F.cross_entropy(logits.flatten(0, 1), batch["target_out"].flatten(), ignore_index=IGNORE,

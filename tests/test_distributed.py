@@ -34,7 +34,7 @@ LRS = ("2e-3", "1e-3")
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from mmxattn.data.synthetic_translation import write_corpus
+    from mmxattn.quickstart.translation import write_corpus
 
     return write_corpus(tmp_path_factory.mktemp("ddp_corpus"), train=200, valid=16, test=4, seed=3)
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from mmxattn.checkpoint import load_for_inference
 from mmxattn.data.datamodule import Seq2SeqDataModule
-from mmxattn.data.synthetic_multimodal import AMBIGUOUS, make_sample, meaning_accuracy, write_multimodal_corpus
+from mmxattn.quickstart.multimodal import AMBIGUOUS, make_sample, meaning_accuracy, write_multimodal_corpus
 from mmxattn.decoder import TransformerDecoder
 from mmxattn.errors import ConfigError, DataError
 from mmxattn.fusion import GatedCrossAttention, SourcesContext

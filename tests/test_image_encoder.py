@@ -425,7 +425,7 @@ def test_attention_maps_describe_each_images_own_grid(shaped, tmp_path):
     positions only, and its ContextView shows that image (resized, padded to its cells) tiled by its grid."""
     from omegaconf import OmegaConf
 
-    from mmxattn.attention_maps import AttentionMapper
+    from mmxattn.viz.attention_maps import AttentionMapper
     from mmxattn.model import build_model
     from mmxattn.tokenizer import Tokenizer, Tokenizers
 

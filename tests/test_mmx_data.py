@@ -12,14 +12,14 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
+from mmxattn import registry
 from mmxattn.cli import data as mmx_data
-from mmxattn.data import datamodule
 from mmxattn.data.datamodule import Seq2SeqDataModule
 from mmxattn.data.samples import Sample
 from mmxattn.data.speech import fbank_frames
-from mmxattn.data.synthetic_multimodal import write_multimodal_corpus
-from mmxattn.data.synthetic_translation import write_corpus
 from mmxattn.errors import DataError
+from mmxattn.quickstart.multimodal import write_multimodal_corpus
+from mmxattn.quickstart.translation import write_corpus
 
 SMALL_VOCAB = "tokenizer.vocab_size=60"
 
@@ -230,11 +230,11 @@ def test_multisource_columns_get_their_encoders(tmp_path, capsys):
 
 
 def test_a_plugins_data_format_is_read_through_readers(corpus, capsys, monkeypatch):
-    """A format registered in datamodule.READERS (as a plugin's would be) is what data.format selects."""
+    """A registered data format (as a plugin's entry point registers it) is what data.format selects."""
     def read_toy(data_cfg, split, skipped):
         return [Sample({"src": f"toy source {i}"}, f"toy target {i} {split}", f"toy:{i}") for i in range(1, 6)]
 
-    monkeypatch.setitem(datamodule.READERS, "toy", read_toy)
+    monkeypatch.setitem(registry.DATA_FORMATS.runtime, "toy", registry.DataFormat(read_toy))
     out = run(capsys, "data.format=toy", f"data.root={corpus}", SMALL_VOCAB)
     assert "mmx-data: toy data" in out and re.search(r"^train\s+train\s+5\s", out, re.M)
     assert "train: 5 samples (data.train=train; first toy:1)" in out

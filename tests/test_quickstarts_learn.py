@@ -31,10 +31,10 @@ from pathlib import Path
 
 import pytest
 
-from mmxattn.data.synthetic_captions import write_captions
-from mmxattn.data.synthetic_multimodal import meaning_accuracy, write_multimodal_corpus
-from mmxattn.data.synthetic_speech import write_speech_corpus
-from mmxattn.data.synthetic_translation import write_corpus
+from mmxattn.quickstart.captions import write_captions
+from mmxattn.quickstart.multimodal import meaning_accuracy, write_multimodal_corpus
+from mmxattn.quickstart.speech import write_speech_corpus
+from mmxattn.quickstart.translation import write_corpus
 from mmxattn.metrics import score_all
 from mmxattn.train import train
 

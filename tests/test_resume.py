@@ -42,7 +42,7 @@ def trace(run) -> dict[tuple[int, int], tuple[float, str]]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, one_thread):
-    from mmxattn.data.synthetic_translation import write_corpus
+    from mmxattn.quickstart.translation import write_corpus
 
     root = tmp_path_factory.mktemp("resume")
     corpus = write_corpus(root / "corpus", train=200, valid=16, test=4, seed=5)

@@ -16,11 +16,12 @@ import soundfile as sf
 import torch
 from omegaconf import OmegaConf
 
+from mmxattn.checkpoint import load_for_inference
 from mmxattn.cli import generate as generate_cli
 from mmxattn.data.datamodule import Seq2SeqDataModule
 from mmxattn.data.samples import SkipReport
 from mmxattn.data.speech import AudioPath, read_speech_tsv
-from mmxattn.data.synthetic_speech import NOUNS, VERBS, write_speech_corpus
+from mmxattn.quickstart.speech import NOUNS, VERBS, write_speech_corpus
 from mmxattn.errors import ConfigError, DataError
 from mmxattn.metrics import METRICS, normalize_for_wer, word_error_rate
 from mmxattn.model import build_model
@@ -271,10 +272,19 @@ def test_quickstart_recipe_trains_and_mmx_generate_reads_audio(corpus, tmp_path,
     rows = (corpus / "test.tsv").read_text().splitlines()[1:]
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in lines] == [row.split("\t")[0] for row in rows]
+    # the manifest without its target column (new audio to translate): the same reader, targets optional
+    unlabelled = tmp_path / "new.tsv"
+    lines = (corpus / "test.tsv").read_text().splitlines()
+    keep = [i for i, column in enumerate(lines[0].split("\t")) if column != "tgt_text"]
+    unlabelled.write_text("".join("\t".join(line.split("\t")[i] for i in keep) + "\n" for line in lines))
+    (tmp_path / "clips").symlink_to(corpus / "clips")  # audio paths are relative to the manifest
+    generate_cli.main([str(tmp_path / "run"), str(unlabelled), "--max-len", "6", "--device", "cpu"])
+    assert [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()] == [row.split("\t")[0] for row in rows]
     bad = tmp_path / "bad.tsv"
     bad.write_text("id\tn_frames\nx\t10\n")
-    with pytest.raises(DataError, match=r"bad.tsv:1: .*audio"):
-        generate_cli.read_inputs([str(bad)], get_plugin("audio"))
+    model_cfg = load_for_inference(tmp_path / "run", backend="eager")[2]
+    with pytest.raises(DataError, match=r"bad.tsv:1: the header lacks column\(s\) audio"):
+        generate_cli.read_inputs([str(bad)], get_plugin("audio"), model_cfg, "src")
 
 
 def test_speech_base_recipe_trains_a_few_steps_with_ctc(corpus, tmp_path):

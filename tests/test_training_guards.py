@@ -52,7 +52,7 @@ def test_too_many_non_finite_steps_in_a_row_stop_the_run_naming_step_and_batch(t
 
 
 def test_gradient_accumulation_gives_the_update_of_the_larger_batch(tmp_path, one_thread):
-    from mmxattn.data.synthetic_translation import write_corpus
+    from mmxattn.quickstart.translation import write_corpus
 
     corpus = write_corpus(tmp_path / "corpus", train=16, valid=4, test=4, seed=2)
     # 16 samples: one batch of 16, or the same 16 as two batches of 8 (max_tokens never binds); dropout off

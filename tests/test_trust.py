@@ -62,6 +62,14 @@ def test_every_module_of_the_installed_package_imports(package):
         importlib.import_module(name)
 
 
+def test_every_subpackage_is_in_the_wheel():
+    """pyproject.toml lists the packages a wheel holds; a new folder left out installs nowhere but here."""
+    repo = Path(__file__).resolve().parents[1]
+    listing = (repo / "pyproject.toml").read_text(encoding="utf-8").split("packages = [", 1)[1].split("]", 1)[0]
+    folders = {".".join(p.parent.relative_to(repo).parts) for p in (repo / "mmxattn").rglob("__init__.py")}
+    assert {name for name in folders if f'"{name}"' not in listing} == set()
+
+
 # --- the default recipe -----------------------------------------------------------------------------------
 
 
@@ -119,8 +127,8 @@ def test_the_cli_names_folder_key_and_recipe_in_one_line(users_corpus, tmp_path)
 
 
 def test_a_generator_reuses_and_rewrites_only_its_own_folder(tmp_path):
-    from mmxattn.data import generated
-    from mmxattn.data.synthetic_translation import write_corpus
+    from mmxattn.quickstart import stamp
+    from mmxattn.quickstart.translation import write_corpus
 
     folder = write_corpus(tmp_path / "gen", train=20, valid=4, test=4, seed=3)
     first = snapshot(folder)
@@ -131,7 +139,7 @@ def test_a_generator_reuses_and_rewrites_only_its_own_folder(tmp_path):
     (folder / "CORPUS").write_text("synthetic-translation being-written: ...\n")  # killed midway
     write_corpus(folder, train=20, valid=4, test=4, seed=3)
     assert snapshot(folder) == first
-    with pytest.raises(generated.ForeignFolderError, match="notes.txt"):
+    with pytest.raises(stamp.ForeignFolderError, match="notes.txt"):
         (tmp_path / "mine").mkdir()
         (tmp_path / "mine" / "notes.txt").write_text("mine")
         write_corpus(tmp_path / "mine", train=20, valid=4, test=4)

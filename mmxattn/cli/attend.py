@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..attention_maps import AttentionMap, AttentionMapper
-from ..attention_plots import plot_source
+from ..viz.attention_maps import AttentionMap, AttentionMapper
+from ..viz.attention_plots import plot_source
 from ..errors import ConfigError, DataError
 from .common import add_generation_args, generation_config, setup_logging, user_errors_exit
 from .generate import read_inputs
@@ -133,7 +133,7 @@ def main(argv=None) -> None:
     elif len(sources) == 1:
         plugin = mapper.plugins[sources[0]]
         items = []
-        for where, raw in read_inputs(args.inputs, plugin):
+        for where, raw in read_inputs(args.inputs, plugin, mapper.cfg, sources[0]):
             if plugin.input_kind == "text" and not raw.strip():
                 print(f"warning: {where}: empty line, skipped", file=sys.stderr)
             else:

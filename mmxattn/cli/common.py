@@ -44,6 +44,8 @@ def add_generation_args(parser) -> None:
     g.add_argument("--top-k", type=int, help="sample from the k most likely tokens (0 = off)")
     g.add_argument("--top-p", type=float, help="nucleus sampling mass (1.0 = off)")
     g.add_argument("--seed", type=int, help="random seed for sampling")
+    g.add_argument("--ctc-weight", type=float, help="beam search: rescore with the model's CTC head, joint "
+                   "CTC/attention (0 = attention only; the model needs loss.ctc_weight > 0 on its targets)")
     parser.add_argument("--batch-size", type=int, default=32, help="inputs decoded together (default 32)")
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--backend", default="auto", choices=["auto", "eager", "cpu", "compile"],

@@ -1,4 +1,5 @@
-"""`mmx-encoders`: list the installed encoder plugins, where their configs are, and which failed to load."""
+"""`mmx-encoders`: list the installed encoder plugins and data formats, where their configs are, and which
+failed to load."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ EPILOG = """examples:
   mmx-encoders --no-load           # from package metadata only, importing no plugin
   MMX_STRICT_PLUGINS=1 mmx-encoders   # plugin authors: exit with an error if any plugin is broken
 
-An encoder is selected with `mmx-train encoder=<name>`, or per source with `encoders.<source>`.
-Encoders come from the entry-point group `mmxattn.encoders`; their configs from `mmxattn.configs`
-(see docs/writing-a-plugin.md)."""
+An encoder is selected with `mmx-train encoder=<name>`, or per source with `encoders.<source>`; a data
+format with `data.format=<name>`. Encoders come from the entry-point group `mmxattn.encoders`, data
+formats from `mmxattn.data_formats`, their configs from `mmxattn.configs` (see docs/writing-a-plugin.md)."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,8 +42,11 @@ def collect(load: bool = True) -> dict:
         warnings.simplefilter("ignore")  # reported in the listing itself
         config_pkgs, broken_configs = hydra_search.config_packages()
         plugins, failures = registry.load_all() if load else ({}, {})
+        formats, format_failures = registry.DATA_FORMATS.load_all() if load else ({}, {})
     for name, claims in conflicts.items():
-        failures.setdefault(name, str(registry._conflict_error(name, claims)))
+        failures.setdefault(name, str(registry.ENCODERS.conflict_error(name, claims)))
+    for name, claims in registry.DATA_FORMATS.scan()[1].items():
+        format_failures.setdefault(name, str(registry.DATA_FORMATS.conflict_error(name, claims)))
     encoders = []
     for name in sorted(infos):
         if name in failures:
@@ -60,8 +64,20 @@ def collect(load: bool = True) -> dict:
          "version": infos[name].version if name in infos else "", "error": error}
         for name, error in sorted(failures.items())
     ]
+    format_infos = registry.DATA_FORMATS.available()
+    data_formats = [
+        {"name": name, "package": info.package, "version": info.version, "entry_point": info.value,
+         "manifest": getattr(formats.get(name), "manifest", None)}
+        for name, info in sorted(format_infos.items()) if name not in format_failures
+    ]
+    failed += [
+        {"name": f"data.format={name}", "package": format_infos[name].package if name in format_infos else "?",
+         "version": format_infos[name].version if name in format_infos else "", "error": error}
+        for name, error in sorted(format_failures.items())
+    ]
     return {
         "encoders": encoders,
+        "data_formats": data_formats,
         "failed": failed,
         "config_packages": [{"module": c.module, "package": c.package, "version": c.version} for c in config_pkgs],
         "broken_config_packages": [
@@ -85,6 +101,11 @@ def render(listing: dict) -> str:
         lines.append(_table(rows))
     else:
         lines.append("No encoders are installed.")
+    if listing["data_formats"]:
+        rows = [["DATA FORMAT", "PACKAGE", "VERSION", "MANIFEST (mmx-generate reads it)"]]
+        for f in listing["data_formats"]:
+            rows.append([f["name"], f["package"], f["version"], f["manifest"] or "-"])
+        lines.append("\n" + _table(rows))
     if listing["failed"]:
         lines.append(f"\nFailed to load ({len(listing['failed'])}):")
         for f in listing["failed"]:

@@ -11,8 +11,7 @@ import torch
 from .. import registry
 from ..checkpoint import load_for_inference
 from ..cpu_allocator import keep_freed_memory
-from ..data.samples import check_not_folder, decode_lines, read_lines
-from ..data.speech import resolve_audio
+from ..data.samples import SkipReport, check_not_folder, decode_lines, read_lines
 from ..errors import DataError, MmxError
 from ..model import encoder_configs
 from .common import add_generation_args, generation_config, setup_logging, user_errors_exit
@@ -23,37 +22,21 @@ EPILOG = """examples:
   mmx-generate model.pt --beam-size 8 --nbest 3 input.txt        # id, rank, score, text per line
   mmx-generate model.pt --strategy sample --top-p 0.9 --seed 1 input.txt
   mmx-generate captioner/model.pt photos/ extra.jpg               # image/audio models: files or folders
-  mmx-generate speech/model.pt data/tst-COMMON.tsv                 # or a manifest (fairseq speech TSV)
+  mmx-generate speech/model.pt data/tst-COMMON.tsv                 # or a manifest in the model's data format
 
 Text models read one input per line (files or stdin) and print one output per line, in order.
 Image/audio models take file paths (folders are searched for known file types) and print
-"path<TAB>output"; a .tsv manifest with an `audio` (or `image`, `path`) column gives "id<TAB>output".
+"path<TAB>output"; a manifest of the format the model was trained on (data.format: a fairseq speech
+TSV, a multisource TSV) gives "id<TAB>output", its target column optional.
 CHECKPOINT is model.pt, a Lightning .ckpt, or a run folder holding them."""
 
 
-MANIFEST_PATH_COLUMNS = ("audio", "image", "path")  # fairseq speech manifests name theirs `audio`
-
-
-def read_manifest(path: Path) -> list[tuple[str, str]]:
-    """(id, file) per row of a TSV manifest with a header (fairseq speech-to-text style); files are relative
-    to the manifest's folder or absolute, with fairseq's `file:offset:length` kept as is."""
-    lines = [line for line in read_lines(path) if line.strip()]
-    header = lines[0].split("\t") if lines else []
-    column = next((c for c in MANIFEST_PATH_COLUMNS if c in header), None)
-    if column is None:
-        raise DataError(f"{path}:1: a manifest needs a header with one of the columns {', '.join(MANIFEST_PATH_COLUMNS)} "
-                        f"naming the input files; it has {', '.join(header) or 'nothing'}")
-    at, ids = header.index(column), header.index("id") if "id" in header else None
-    items = []
-    for number, line in enumerate(lines[1:], 2):
-        fields = line.split("\t")
-        if len(fields) != len(header):
-            raise DataError(f"{path}:{number}: {len(fields)} tab-separated fields, but the header has {len(header)}")
-        file_path, resolved = resolve_audio(fields[at].strip(), path.parent)
-        if not file_path.is_file():
-            raise DataError(f"{path}:{number}: {column} file {file_path} not found (relative paths start at {path.parent})")
-        items.append((resolved if ids is None else fields[ids], resolved))
-    return items
+def read_manifest(path: Path, cfg, source: str) -> list[tuple[str, object]]:
+    """(id, raw input) per sample of a manifest in the format the model was trained on (`data.format`), read
+    by the same reader as training, rows without targets allowed."""
+    fmt = registry.get_data_format(cfg.data.format)
+    samples = fmt.read_file(path, cfg.data, SkipReport())
+    return [(sample.id or sample.where, sample.sources[source]) for sample in samples if source in sample.sources]
 
 
 def stdin_lines() -> list[str]:
@@ -76,16 +59,18 @@ def text_lines(source: str) -> list[str]:
     return read_lines(path)
 
 
-def read_inputs(paths: list[str], plugin) -> list[tuple[str, object]]:
-    """(where, raw input) pairs: lines of text files/stdin, or file paths for path-based encoders."""
-    sources = paths or ["-"]
+def read_inputs(paths: list[str], plugin, cfg=None, source: str = "src") -> list[tuple[str, object]]:
+    """(where, raw input) pairs for the model's source `source`: lines of text files/stdin, or for path-based
+    encoders file paths, folders (searched for the plugin's file types) and manifests of the model's data
+    format."""
+    manifest = registry.get_data_format(cfg.data.format).manifest if cfg is not None and cfg.get("data") else None
     items: list[tuple[str, object]] = []
-    for source in sources:
+    for given in paths or ["-"]:
         if plugin.input_kind == "text":
-            name = "stdin" if source == "-" else source
-            items += [(f"{name}:{i}", line) for i, line in enumerate(text_lines(source), 1)]
+            name = "stdin" if given == "-" else given
+            items += [(f"{name}:{i}", line) for i, line in enumerate(text_lines(given), 1)]
         else:
-            names = " ".join(stdin_lines()).split() if source == "-" else [source]
+            names = " ".join(stdin_lines()).split() if given == "-" else [given]
             for name in names:
                 path = Path(name)
                 if path.is_dir():
@@ -93,8 +78,8 @@ def read_inputs(paths: list[str], plugin) -> list[tuple[str, object]]:
                     if not found:
                         raise DataError(f"{path}: no files ending in {', '.join(plugin.file_extensions)} in this folder")
                     items += [(str(p), str(p)) for p in found]
-                elif path.is_file() and path.suffix == ".tsv" and ".tsv" not in plugin.file_extensions:
-                    items += read_manifest(path)
+                elif path.is_file() and manifest and path.suffix == manifest and manifest not in plugin.file_extensions:
+                    items += read_manifest(path, cfg, source)
                 elif path.is_file():
                     items.append((str(path), str(path)))
                 else:
@@ -127,7 +112,7 @@ def main(argv=None) -> None:
     plugin = registry.get_plugin(enc_cfg["name"])
     processor = registry.build_processor(enc_cfg["name"], enc_cfg, tokenizer=tokenizers, train=False)
     gen = generation_config(cfg.get("generation"), args)
-    items = read_inputs(args.inputs, plugin)
+    items = read_inputs(args.inputs, plugin, cfg, source)
 
     features = []
     for where, raw in items:

@@ -127,6 +127,7 @@ def check_plugins() -> None:
     rather than inside Hydra's search-path hook with Hydra's traceback around it."""
     if registry.strict():
         registry.available()
+        registry.DATA_FORMATS.available()
         hydra_search.config_packages()
 
 

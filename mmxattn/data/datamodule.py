@@ -9,7 +9,7 @@ collate.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import lightning as L
 import torch
@@ -21,26 +21,9 @@ from ..errors import ConfigError, DataError
 from ..model import PRESENT, encoder_configs
 from ..tokenizer import BOS, EOS, PAD, Tokenizers
 from .batching import ERROR, ResumableDataLoader, TokenBudgetBatchSampler, epoch_budget
-from .captions import read_coco_captions, read_karpathy
-from .multisource import read_multisource_tsv
-from .parallel_text import read_parallel_text
 from .samples import Sample, SkipReport
-from .speech import read_speech_tsv
-from .synthetic_captions import write_captions
-from .synthetic_multimodal import write_multimodal_corpus
-from .synthetic_speech import write_speech_corpus
-from .synthetic_translation import write_corpus
 
 log = logging.getLogger(__name__)
-
-# data.format -> reader(data_cfg, split, skipped) -> list[Sample]
-READERS: dict[str, Callable[..., list[Sample]]] = {"parallel_text": read_parallel_text, "speech_tsv": read_speech_tsv,
-                                                   "coco": read_coco_captions, "karpathy": read_karpathy,
-                                                   "multisource_tsv": read_multisource_tsv}
-
-# data.synthetic -> writer(root, seed=...): quickstart data that mmxattn generates on the user's machine
-SYNTHETIC: dict[str, Callable[..., Any]] = {"translation": write_corpus, "speech": write_speech_corpus,
-                                           "captions": write_captions, "multimodal": write_multimodal_corpus}
 
 IGNORE = -100  # label id that the loss ignores (padding)
 
@@ -144,13 +127,10 @@ class Seq2SeqDataModule(L.LightningDataModule):
         self.tokenizers = tokenizers
         self.skipped = SkipReport()
         self.splits: dict[str, Seq2SeqDataset] = {}
-        if self.data_cfg.format not in READERS:
-            raise ConfigError(
-                f"data.format={self.data_cfg.format!r} is unknown; expected one of {', '.join(sorted(READERS))}"
-            )
+        self.format = registry.get_data_format(self.data_cfg.format)  # built-in or a plugin's (entry points)
 
     def read(self, split: str) -> list[Sample]:
-        return READERS[self.data_cfg.format](self.data_cfg, split, self.skipped)
+        return self.format.read(self.data_cfg, split, self.skipped)
 
     def prepare(self, splits: Sequence[str] = ("train", "valid")) -> None:
         samples = {split: self.read(split) for split in splits}

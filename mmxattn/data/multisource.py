@@ -41,8 +41,9 @@ def read_multisource_tsv(data_cfg, split: str, skipped: SkipReport) -> list[Samp
         raise DataError(f"{path}:1: the header is {INVALID_UTF8}; re-encode the file as UTF-8")
     header = lines[0].split("\t")
     target_column = data_cfg.get("target_column", "tgt")
+    need_target = not data_cfg.get("for_generation", False)  # mmx-generate reads manifests without targets
     path_columns = list(data_cfg.get("path_columns") or [])
-    for column in [target_column, *path_columns]:
+    for column in [target_column, *path_columns] if need_target else path_columns:
         if column not in header:
             key = "data.target_column" if column == target_column else "data.path_columns"
             raise DataError(f"{path}:1: no column '{column}' ({key}); the header has {', '.join(header)}")
@@ -62,8 +63,8 @@ def read_multisource_tsv(data_cfg, split: str, skipped: SkipReport) -> list[Samp
         if len(cells) != len(header):
             raise DataError(f"{where}: {len(cells)} tab-separated fields, but the header has {len(header)} ({', '.join(header)})")
         row = dict(zip(header, cells))
-        target = row[target_column].strip()
-        if not target:
+        target = row.get(target_column, "").strip()
+        if not target and need_target:
             if not skip:
                 raise DataError(f"{where}: empty target. Fix the row, or set data.skip_invalid=true to drop such rows.")
             skipped.add("empty target", where)
@@ -76,7 +77,7 @@ def read_multisource_tsv(data_cfg, split: str, skipped: SkipReport) -> list[Samp
             if column in path_columns and not Path(value).is_absolute():
                 value = str(root / value)
             sources[column] = value
-        samples.append(Sample(sources, target, where))
+        samples.append(Sample(sources, target, where, id=row.get(ID_COLUMN)))
     if not samples:
         rows = sum(1 for line in lines[1:] if line is None or line.strip())
         raise no_samples(split, str(path), "rows", rows, skipped)

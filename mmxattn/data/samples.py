@@ -20,6 +20,7 @@ class Sample:
     references: all reference texts for scoring (several captions per image); defaults to [target]
     transcript: what the source says, where the data has it (a speech manifest's src_text): the targets of an
                 auxiliary CTC loss with loss.ctc_target=source
+    id:         the sample's own name where the data gives one (a manifest's `id` column), for outputs
     """
 
     sources: dict[str, Any]
@@ -27,6 +28,7 @@ class Sample:
     where: str
     references: list[str] = field(default_factory=list)
     transcript: str | None = None
+    id: str | None = None
 
     def __post_init__(self):
         if not self.references:

@@ -89,6 +89,7 @@ def read_speech_tsv(data_cfg, split: str, skipped: SkipReport) -> list[Sample]:
     audio_root = Path(data_cfg.get("audio_root") or manifest.parent)
     target_column = data_cfg.get("target_column") or "tgt_text"
     skip = bool(data_cfg.get("skip_invalid", False))
+    need_target = not data_cfg.get("for_generation", False)  # mmx-generate reads manifests without targets
 
     lines = read_lines(manifest, keep_invalid=skip, hint=SKIP_HINT)
     if not lines:
@@ -96,14 +97,15 @@ def read_speech_tsv(data_cfg, split: str, skipped: SkipReport) -> list[Sample]:
     if lines[0] is None:
         raise DataError(f"{manifest}:1: the header is {INVALID_UTF8}; re-encode the manifest as UTF-8")
     header = lines[0].split("\t")
-    missing = [c for c in (*REQUIRED_COLUMNS, target_column) if c not in header]
+    required = (*REQUIRED_COLUMNS, target_column) if need_target else ("audio", "n_frames")
+    missing = [c for c in required if c not in header]
     if missing:
         raise DataError(
             f"{manifest}:1: the header lacks column(s) {', '.join(dict.fromkeys(missing))}; it has "
             f"{', '.join(header) or 'nothing'}. A fairseq speech-to-text manifest is tab-separated and starts with "
             "`id  audio  n_frames  tgt_text` (optional `src_text`, `speaker`)."
         )
-    column = {name: header.index(name) for name in (*REQUIRED_COLUMNS, target_column)}
+    column = {name: header.index(name) for name in (*REQUIRED_COLUMNS, target_column) if name in header}
 
     kind: dict[Path, str] = {}  # one zip serves many rows: stat it once
     samples = []
@@ -119,12 +121,12 @@ def read_speech_tsv(data_cfg, split: str, skipped: SkipReport) -> list[Sample]:
             reason, problem = "malformed row", f"{len(fields)} tab-separated fields, but the header has {len(header)}"
         else:
             n_frames, audio = fields[column["n_frames"]].strip(), fields[column["audio"]].strip()
-            target = fields[column[target_column]].strip()
+            target = fields[column[target_column]].strip() if target_column in column else ""
             if not (n_frames.isdigit() and int(n_frames) > 0):
                 reason, problem = "malformed row", f"n_frames={n_frames!r} is not a positive integer"
             elif not audio:
                 reason, problem = "malformed row", "the audio column is empty"
-            elif not target:
+            elif not target and need_target:
                 reason, problem = "empty target", f"empty {target_column}"
             else:
                 file_path, resolved = resolve_audio(audio, audio_root)
@@ -143,7 +145,9 @@ def read_speech_tsv(data_cfg, split: str, skipped: SkipReport) -> list[Sample]:
             skipped.add(reason, where)
             continue
         transcript = fields[header.index("src_text")].strip() if "src_text" in header else None
-        samples.append(Sample({"src": AudioPath(resolved, int(n_frames))}, target, where, transcript=transcript or None))
+        name = fields[column["id"]] if "id" in column else None
+        samples.append(Sample({"src": AudioPath(resolved, int(n_frames))}, target, where, transcript=transcript or None,
+                              id=name))
     if not samples:
         rows = sum(1 for line in lines[1:] if line is None or line.strip())
         raise no_samples(split, str(manifest), "rows", rows, skipped)

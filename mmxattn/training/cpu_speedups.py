@@ -1,8 +1,8 @@
 """Training-speed tricks for CPUs, applied from outside the model by `mmx-train` (key `cpu_speedups`).
 
-The model is plain PyTorch (`nn.Dropout` everywhere). On a CPU, torch's random generator is serial and
-dropout's mask draws took about a tenth of a Transformer-base training step: `bernoulli_` and `rand_like`
-draw one 32-bit number per unit. `FastCpuDropout` draws 31 random bits per int32 and uses them as two
+The model is plain PyTorch (`nn.Dropout` everywhere). On a CPU, torch's random generator is serial, and
+dropout's mask draws are a measurable share of a training step: `bernoulli_` and `rand_like` draw one
+32-bit number per unit. `FastCpuDropout` draws 31 random bits per int32 and uses them as two
 15-bit numbers, half the draws. `apply_cpu_speedups(model)` swaps every `nn.Dropout` of a model for one
 (they hold no weights, so checkpoints do not change). benchmarks/README.md has the measured step times
 with and without it.

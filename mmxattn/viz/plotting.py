@@ -31,3 +31,7 @@ def heatmap(ax, weights: np.ndarray, **kwargs):
     """weights [T, S] as an image, 0 to its maximum; returns matplotlib's image (for a colorbar)."""
     return ax.imshow(weights, cmap=CMAP, vmin=0.0, vmax=max(float(weights.max()), 1e-6), aspect="auto",
                      interpolation="nearest", **kwargs)
+
+
+def colorbar(fig, image, ax) -> None:
+    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)

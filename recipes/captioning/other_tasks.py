@@ -64,7 +64,11 @@ def _digit_scans() -> tuple[list, list, list]:
     """(8×8 scans as uint8 ink-on-paper arrays, labels, test-side indices): the last quarter of the scans is
     kept for validation and test strips."""
     import numpy as np
-    from sklearn.datasets import load_digits
+
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:
+        raise SystemExit("handwritten-digits needs scikit-learn's scans: pip install -e \".[experiments]\"") from e
 
     digits = load_digits()
     scans = [(255 - image * (255 / 16)).astype(np.uint8) for image in digits.images]  # dark ink, light paper
@@ -102,7 +106,7 @@ def printed_words(rng: random.Random, split: str) -> tuple[Image.Image, list[str
 
 
 def tall_stacks(rng: random.Random, split: str) -> tuple[Image.Image, list[str], str]:
-    from mmxattn.data.synthetic_captions import SHAPES, _draw_shape
+    from mmxattn.quickstart.captions import SHAPES, _draw_shape
 
     width = 48
     objects = [(rng.choice([c for c in COLOURS if c != "white"]), rng.choice(SHAPES)) for _ in range(rng.randint(2, 3))]

@@ -1,6 +1,6 @@
 """Cross-attention maps: which context positions each generated token read.
 
-    from mmxattn.attention_maps import AttentionMapper
+    from mmxattn.viz.attention_maps import AttentionMapper
     mapper = AttentionMapper.from_checkpoint("outputs/translation-quickstart/<run>")
     (amap,) = mapper(["Two small dogs chase the red ball near a river."])
     amap.weights            # [layers, heads, target tokens, context positions], each row sums to 1
@@ -24,12 +24,12 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from . import registry
-from .context import Context, ContextView
-from .errors import ConfigError, MmxError
-from .generation import GenerationConfig, generate
-from .model import EncoderDecoder, encoder_configs
-from .tokenizer import BOS, EOS, PAD
+from .. import registry
+from ..context import Context, ContextView
+from ..errors import ConfigError, MmxError
+from ..generation import GenerationConfig, generate
+from ..model import EncoderDecoder, encoder_configs
+from ..tokenizer import BOS, EOS, PAD
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class AttentionMapper:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", backend: str = "auto"
                         ) -> "AttentionMapper":
-        from .checkpoint import load_for_inference
+        from ..checkpoint import load_for_inference
 
         model, tokenizers, cfg = load_for_inference(path, device, backend)
         return cls(model, tokenizers, cfg, device)
@@ -266,10 +266,10 @@ class AttentionMapper:
         view = describe(raw, n_positions) if describe is not None else None
         if view is None:
             return ContextView()
-        if view.kind == "tokens":
-            if view.labels is None or len(view.labels) != n_positions:
+        if view.labels is not None:
+            if len(view.labels) != n_positions:
                 log.warning("encoder '%s' described %s positions for %s, but its context has %d; numbering them",
-                            source, len(view.labels or ()), raw, n_positions)
+                            source, len(view.labels), raw, n_positions)
                 return ContextView()
             view.labels = [display_piece(p) for p in view.labels]
         return view

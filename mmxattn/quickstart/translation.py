@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from . import generated
+from . import stamp
 
 NOUNS = {  # English singular, plural, invented stem, gender
     "cat": ("cats", "mizu", "f"), "dog": ("dogs", "karo", "m"), "bird": ("birds", "pilo", "m"),
@@ -67,7 +67,7 @@ def write_corpus(root: str | Path, *, train: int = 12000, valid: int = 400, test
     """Writes the corpus under root (once: an existing complete corpus with the same recipe is kept)."""
     root = Path(root)
     description = f"synthetic-translation v1 seed={seed} train={train} valid={valid} test={test}"
-    if generated.begin(root, description):  # refuses a folder holding anything it did not write
+    if stamp.begin(root, description):  # refuses a folder holding anything it did not write
         return root
     rng = random.Random(seed)
     seen: set[str] = set()
@@ -80,5 +80,5 @@ def write_corpus(root: str | Path, *, train: int = 12000, valid: int = 400, test
                 pairs.append((en, xx))
         for lang, column in (("en", 0), ("xx", 1)):
             (root / f"{split}.{lang}").write_text("".join(p[column] + "\n" for p in pairs), encoding="utf-8")
-    generated.finish(root, description)
+    stamp.finish(root, description)
     return root

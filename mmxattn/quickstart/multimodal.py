@@ -2,7 +2,7 @@
 
 Each sample is an English-like sentence with one ambiguous noun ("the old bat sees two cats near the
 river"), a small picture of what that noun means here, and the translation into the invented language of
-the translation quickstart (mmxattn/data/synthetic_translation.py). The two meanings of each ambiguous
+the translation quickstart (mmxattn/quickstart/translation.py). The two meanings of each ambiguous
 noun translate to different words of different genders, so the article and the adjective endings change
 too: "lo nokto veko" (the old bat, the animal) against "la bastona veka" (the old bat, the club).
 
@@ -23,8 +23,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from . import generated
-from .synthetic_translation import ADJECTIVES, DETERMINERS, NOUNS, PREPOSITIONS, VERBS
+from . import stamp
+from .translation import ADJECTIVES, DETERMINERS, NOUNS, PREPOSITIONS, VERBS
 
 # English singular -> (plural, ((meaning, invented stem, gender, glyph), (meaning, stem, gender, glyph)))
 AMBIGUOUS = {
@@ -156,7 +156,7 @@ def write_multimodal_corpus(root: str | Path, *, train: int = 8000, valid: int =
     """Writes pictures and `{split}.tsv` under root (once: an existing complete set is kept)."""
     root = Path(root)
     description = f"synthetic-multimodal v1 seed={seed} train={train} valid={valid} test={test}"
-    if generated.begin(root, description):  # refuses a folder holding anything it did not write
+    if stamp.begin(root, description):  # refuses a folder holding anything it did not write
         return root
     rng = random.Random(seed)
     seen: set[tuple[str, str]] = set()
@@ -174,12 +174,12 @@ def write_multimodal_corpus(root: str | Path, *, train: int = 8000, valid: int =
             draw_glyph(rng, glyph).save(root / relative)
             rows.append(f"{split}-{index}\t{english}\t{relative}\t{invented}\n")
         (root / f"{split}.tsv").write_text("".join(rows), encoding="utf-8")
-    generated.finish(root, description)
+    stamp.finish(root, description)
     return root
 
 
 if __name__ == "__main__":
-    # python -m mmxattn.data.synthetic_multimodal DATA_ROOT/test.tsv RUN/test.hyp
+    # python -m mmxattn.quickstart.multimodal DATA_ROOT/test.tsv RUN/test.hyp
     import sys
 
     tsv, hyp = sys.argv[1:3]

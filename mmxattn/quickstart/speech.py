@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from . import generated
+from . import stamp
 
 SAMPLE_RATE = 16000
 
@@ -135,7 +135,7 @@ def write_speech_corpus(root: str | Path, *, train: int = 3000, valid: int = 200
     """
     root = Path(root)
     description = f"synthetic-speech v1 seed={seed} train={train} valid={valid} test={test}"
-    if generated.begin(root, description):  # refuses a folder holding anything it did not write
+    if stamp.begin(root, description):  # refuses a folder holding anything it did not write
         return root
     (root / "clips").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -157,5 +157,5 @@ def write_speech_corpus(root: str | Path, *, train: int = 3000, valid: int = 200
             sf.write(root / "clips" / f"{utt}.flac", wave, SAMPLE_RATE, subtype="PCM_16")
             rows.append(f"{utt}\tclips/{utt}.flac\t{feature_frames(len(wave))}\t{target}\t{source}\tspk{speaker}")
         (root / f"{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    generated.finish(root, description)
+    stamp.finish(root, description)
     return root

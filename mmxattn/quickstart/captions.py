@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from . import generated
+from . import stamp
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 205, 30),
            "purple": (140, 50, 170), "orange": (245, 130, 20)}
@@ -88,7 +88,7 @@ def write_captions(root: str | Path, *, train: int = 3000, valid: int = 200, tes
     """Writes images and COCO captions JSON under root (once: an existing complete set is kept)."""
     root = Path(root)
     description = f"synthetic-captions v1 seed={seed} train={train} valid={valid} test={test} size={size}"
-    if generated.begin(root, description):  # refuses a folder holding anything it did not write
+    if stamp.begin(root, description):  # refuses a folder holding anything it did not write
         return root
     rng = random.Random(seed)
     evaluation: set[str] = set()  # scenes of valid/test: each unique, and none of them in training
@@ -110,5 +110,5 @@ def write_captions(root: str | Path, *, train: int = 3000, valid: int = 200, tes
                 annotation_id += 1
                 annotations.append({"id": annotation_id, "image_id": image_id, "caption": caption})
         (root / f"captions_{split}.json").write_text(json.dumps({"images": images, "annotations": annotations}))
-    generated.finish(root, description)
+    stamp.finish(root, description)
     return root
