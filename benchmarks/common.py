@@ -1,9 +1,17 @@
-"""Shared pieces of the side-by-side benchmarks: timing, the measured matmul peak, and the two models.
+"""Shared pieces of the side-by-side benchmarks: timing, the two peaks (nominal and measured), the two models.
 
 Every benchmark builds mmxattn and its peer (a Hugging Face transformers Marian model, the usual choice
 for this job) at the same size with random weights, feeds both the same inputs in the same process, and
 prints both figures and their ratio. Timings alternate between the two sides (A B A B ...) so that load
 from other processes on a shared machine hits both alike, and report the median of the repeats.
+
+mmxattn is used the way its users get it: decoding through `EncoderDecoder.generate` on a model prepared
+with an inference backend (`mmxattn.inference.prepare`, `--backend`, default auto = cpu on a CPU), and
+training on CPU with `mmxattn.training.cpu_speedups.apply_cpu_speedups`, as `mmx-train` applies it.
+
+Utilisation is given against two peaks, both labelled: the CPU's nominal fp32 FMA peak (cores × clock ×
+FLOPs per cycle, from lscpu; `nominal_peak` says what it assumed) and the measured matmul ceiling (the
+fastest of a few large square fp32 matmuls in the same run).
 
 Sizes follow Transformer-base / Marian: d_model 512, 6 + 6 layers, 8 heads, FFN 2048, vocabulary 8000.
 """
@@ -13,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import re
 import platform
 import statistics
 import subprocess
@@ -26,6 +35,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 import torch
 
+from mmxattn import inference
 from mmxattn.cpu_allocator import keep_freed_memory
 from mmxattn.model import EncoderDecoder, build_model
 from mmxattn.tokenizer import BOS, EOS, PAD
@@ -53,6 +63,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the benchmark machine has 2 cores)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per measurement (median reported)")
     parser.add_argument("--quick", action="store_true", help="tiny model and sizes: checks the script runs, not speed")
+    parser.add_argument("--clock-ghz", type=float, default=None,
+                        help="core clock for the nominal peak (default: lscpu's max MHz, else /proc/cpuinfo's cpu MHz)")
+    parser.add_argument("--fma-units", type=int, default=2,
+                        help="vector FMA units per core for the nominal peak (Xeon Scalable with AVX-512: 2)")
 
 
 def setup(args: argparse.Namespace) -> SimpleNamespace:
@@ -70,32 +84,128 @@ def setup(args: argparse.Namespace) -> SimpleNamespace:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
+    device = torch.device(args.device)
     return SimpleNamespace(
-        device=torch.device(args.device), dtype=dtype, dtype_name=dtype_name, size=SMALL if args.quick else BASE,
+        device=device, dtype=dtype, dtype_name=dtype_name, size=SMALL if args.quick else BASE,
         repeats=1 if args.quick else args.repeats, warmup=1, quick=args.quick, keeps_freed_memory=kept,
+        nominal=nominal_peak(dtype, clock_ghz=args.clock_ghz, fma_units=args.fma_units)
+        if device.type == "cpu" else None,
     )
 
 
-def hardware() -> str:
-    """CPU model and thread count (and the GPU name on cuda), for the tables."""
-    model = platform.processor() or "unknown CPU"
+def _lscpu() -> dict[str, str]:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        pass
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines()) if v}
+
+
+def _cpuinfo_mhz() -> float | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            found = re.search(r"^cpu MHz\s*:\s*([0-9.]+)", f.read(), re.M)
+        return float(found.group(1)) if found else None
+    except OSError:
+        return None
+
+
+def nominal_peak(dtype: torch.dtype, *, clock_ghz: float | None = None, fma_units: int = 2,
+                 threads: int | None = None) -> SimpleNamespace | None:
+    """The CPU's nominal peak for the threads in use: cores × clock × FLOPs per cycle, with its assumptions.
+
+    FLOPs per cycle per core = FMA units × fp32 lanes per vector × 2 (an FMA is a multiply and an add):
+    AVX-512 2 × 16 × 2 = 64, AVX2 2 × 8 × 2 = 32. Sapphire Rapids Xeons have two 512-bit FMA units per
+    core (ports 0 and 5); `--fma-units` changes the assumption. The clock is lscpu's "CPU max MHz" where
+    the machine shows it, else the "cpu MHz" of /proc/cpuinfo (in a VM usually the base/TSC clock, not
+    the turbo clock, so a core can run above this peak). fp32 only: the AMX tiles (bf16/int8) are not
+    counted, and bf16 gets no nominal figure. Cores: the threads in use, at most the cores lscpu lists.
+    """
+    if dtype != torch.float32:
+        return None
+    info = _lscpu()
+    flags = set(info.get("Flags", "").split())
+    lanes = 16 if "avx512f" in flags else 8 if {"avx2", "fma"} <= flags else None
+    if lanes is None:
+        return None
+    cores_listed = int(info.get("Core(s) per socket", "1")) * int(info.get("Socket(s)", "1"))
+    cores = min(threads or torch.get_num_threads(), cores_listed)
+    source = "--clock-ghz"
+    if clock_ghz is None:
+        if info.get("CPU max MHz"):
+            clock_ghz, source = float(info["CPU max MHz"]) / 1e3, "lscpu CPU max MHz"
+        elif _cpuinfo_mhz():
+            clock_ghz, source = _cpuinfo_mhz() / 1e3, "/proc/cpuinfo cpu MHz (base/TSC clock; lscpu shows no max MHz)"
+        else:
+            return None
+    per_cycle = fma_units * lanes * 2
+    flops = cores * clock_ghz * 1e9 * per_cycle
+    isa = "AVX-512" if lanes == 16 else "AVX2"
+    text = (f"{flops / 1e9:,.1f} GFLOP/s = {cores} cores × {clock_ghz:.2f} GHz ({source}) × {per_cycle} fp32 "
+            f"FLOP/cycle ({isa}: assumed {fma_units} FMA units × {lanes} lanes × 2)")
+    return SimpleNamespace(flops=flops, per_core=flops / cores, cores=cores, clock_ghz=clock_ghz,
+                           per_cycle=per_cycle, text=text)
+
+
+def hardware() -> str:
+    """CPU model, its vector extensions and thread count (and the GPU name on cuda), for the tables."""
+    info = _lscpu()
+    model = info.get("Model name") or platform.processor() or "unknown CPU"
+    flags = set(info.get("Flags", "").split())
+    isa = [name for name, flag in (("AVX-512", "avx512f"), ("AVX2", "avx2"), ("AMX", "amx_tile")) if flag in flags]
+    if "AVX-512" in isa and "AVX2" in isa:
+        isa.remove("AVX2")
+    if info.get("CPU family") and info.get("Model"):
+        isa.insert(0, f"family {info['CPU family']} model {info['Model']}")
+    if isa:
+        model += f" ({', '.join(isa)})"
     text = f"{model}, {os.cpu_count()} cores, torch {torch.__version__} using {torch.get_num_threads()} threads"
     if torch.cuda.is_available():
         text += f"; GPU {torch.cuda.get_device_name()}"
     return text
 
 
-def header(title: str, env: SimpleNamespace) -> None:
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+def add_backend_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", default="auto", choices=inference.BACKENDS,
+                        help="mmxattn inference backend (mmxattn.inference.prepare); auto = cpu on a CPU, eager elsewhere")
+
+
+def resolved_backend(backend: str, env: SimpleNamespace) -> str:
+    return inference.default_backend(env.device) if backend == "auto" else backend
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
+def header(title: str, env: SimpleNamespace, *, peaks: bool = False) -> float | None:
+    """Prints the run's header; with peaks=True also both peaks, and returns the measured matmul ceiling."""
     print(f"# {title}")
     print(f"# {datetime.date.today()}  {hardware()}")
-    print(f"# device {env.device}, {env.dtype_name}, size {env.size}; load average at start {load:.2f}")
+    print(f"# device {env.device}, {env.dtype_name}, size {env.size}; load average (1, 5, 15 min) at start {load_average()}")
     print(f"# malloc keeps freed memory (mmxattn.cpu_allocator, both sides): {'yes' if env.keeps_freed_memory else 'no'}")
+    if not peaks:
+        return None
+    ceiling = matmul_peak(env.device, env.dtype)
+    print(f"# measured matmul ceiling: {ceiling / 1e9:,.1f} GFLOP/s (fastest of 10 square fp32 matmuls, "
+          f"{torch.get_num_threads()} threads)")
+    if env.nominal is not None:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        one = matmul_peak(env.device, env.dtype)
+        torch.set_num_threads(threads)
+        print(f"# nominal peak: {env.nominal.text}")
+        print(f"# (one thread's matmul reads {one / 1e9:,.1f} GFLOP/s = {100 * one / env.nominal.per_core:.0f}% of one "
+              f"core's nominal {env.nominal.per_core / 1e9:,.1f}: above 100% means the core clocks higher than assumed)")
+    else:
+        print("# nominal peak: not stated (only for fp32 on x86 CPUs with AVX2/AVX-512)")
+    return ceiling
+
+
+def peak_fractions(flops_per_s: float, ceiling: float, env: SimpleNamespace) -> tuple[str, str]:
+    """(% of the nominal peak, % of the measured matmul ceiling) as table cells."""
+    nominal = "n/a" if env.nominal is None else f"{100 * flops_per_s / env.nominal.flops:.1f}%"
+    return nominal, f"{100 * flops_per_s / ceiling:.1f}%"
 
 
 # --------------------------------------------------------------------------------------------- timing
@@ -114,17 +224,24 @@ def time_once(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def time_runs(fns: list[Callable[[], object]], device: torch.device, *, repeats: int, warmup: int = 1
+              ) -> list[list[float]]:
+    """Seconds of every timed run of each function, run in turn (A B C A B C ...) after `warmup` runs of each."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    runs: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, times in zip(fns, runs):
+            times.append(time_once(fn, device))
+    return runs
+
+
 def time_pair(
     fn_a: Callable[[], object], fn_b: Callable[[], object], device: torch.device, *, repeats: int, warmup: int = 1
 ) -> tuple[float, float]:
     """Median seconds of `fn_a` and of `fn_b`, run alternately (A B A B ...) after `warmup` runs of each."""
-    for _ in range(warmup):
-        fn_a()
-        fn_b()
-    times_a, times_b = [], []
-    for _ in range(repeats):
-        times_a.append(time_once(fn_a, device))
-        times_b.append(time_once(fn_b, device))
+    times_a, times_b = time_runs([fn_a, fn_b], device, repeats=repeats, warmup=warmup)
     return statistics.median(times_a), statistics.median(times_b)
 
 
@@ -213,9 +330,15 @@ def peer_model(size: ModelSize, *, dropout: float = 0.0):
     return model
 
 
-def prepare(model: torch.nn.Module, env: SimpleNamespace, *, train: bool = False) -> torch.nn.Module:
+def place(model: torch.nn.Module, env: SimpleNamespace, *, train: bool = False) -> torch.nn.Module:
+    """The model on the run's device and dtype, in train or eval mode (the peer, or mmxattn before a backend)."""
     model = model.to(env.device, env.dtype)
     return model.train() if train else model.eval()
+
+
+def for_inference(model: EncoderDecoder, env: SimpleNamespace, backend: str = "auto") -> EncoderDecoder:
+    """What a user decodes with: the model moved to the device, then `mmxattn.inference.prepare(model, backend)`."""
+    return inference.prepare(place(model, env), backend)
 
 
 def source_batch(batch: int, length: int, vocab: int, *, device, seed: int = 0, ragged: bool = True):

@@ -4,18 +4,24 @@
     python benchmarks/compile_speed.py --device cuda    # GPU: bf16 autocast for training, bf16 decoding
     python benchmarks/compile_speed.py --quick          # tiny sizes: checks that it runs
 
-What `compile.train=true` and `compile.decode=true` switch on (`EncoderDecoder.compile()`,
-`TransformerDecoder.compile_step()`), on two copies of one model with the same weights:
-1. Training step (forward, label-smoothed loss, backward, fused AdamW) at batch 32 × 30: time of each,
-   and the one-off compile time. Then steps over batches of four different lengths, as real batches come:
-   the compiled model recompiles once for dynamic shapes, and those kernels may be slower.
-2. Decoding (greedy batch 1 and 32, beam 5 batch 1; 32 tokens forced): tokens/s of each.
+What `compile.train=true` and `--backend compile` switch on, on copies of one model with the same weights:
+1. Training step (forward, label-smoothed loss, backward, fused AdamW) at batch 32 × 30: the eager model
+   against the model compiled in place with `model.compile()` (nn.Module.compile: what mmx-train calls
+   with `compile.train=true`; EncoderDecoder has no compile method of its own), both with
+   `apply_cpu_speedups` on CPU as mmx-train builds them; time of each, and the one-off compile time.
+   Then steps over batches of four different lengths, as real batches come: the compiled model
+   recompiles once for dynamic shapes, and those kernels may be slower.
+2. Decoding (greedy batch 1 and 32, beam 5 batch 1; 32 tokens forced; `model.generate`): the eager
+   backend (`inference.prepare(model, "eager")`, the plain modules) against `inference.prepare(model,
+   "compile")` (the flattened decode step under torch.compile); tokens/s of each, and, for reference,
+   the cpu backend (the default on a CPU) on the same inputs.
 The peer here is mmxattn itself: what decides whether compiling is worth its start-up minutes.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -36,14 +42,15 @@ def training(env, batch_size: int, length: int) -> dict:
     eager = train_efficiency.make_trainer("mmxattn", env)
     compiled = train_efficiency.make_trainer("mmxattn", env)
     compiled.model.load_state_dict(eager.model.state_dict())
-    compiled.model.compile()
+    compiled.model.compile()  # nn.Module.compile, in place (state-dict keys unchanged): what compile.train does
     batch = train_efficiency.random_batch(batch_size, length, env.size.vocab, env.device)
     first = timed(lambda: compiled.step(batch))  # compiles (forward and backward)
     t_eager, t_compiled = common.time_pair(
         lambda: eager.step(batch), lambda: compiled.step(batch), env.device, repeats=env.repeats + 2, warmup=1
     )
-    print(f"\n# training step, batch {batch_size} × {length} tokens, fused AdamW, dropout 0.1 (first compiled step: "
-          f"{first:.0f} s, compilation included)")
+    print(f"\n# training step, batch {batch_size} × {length} tokens, fused AdamW, dropout 0.1, "
+          f"{'apply_cpu_speedups on both (as mmx-train on CPU)' if train_efficiency.cpu_speedups(env) else 'plain nn.Dropout'}; "
+          f"compiled = model.compile() (first compiled step: {first:.0f} s, compilation included)")
     print("| | eager | compiled | ratio |")
     print("|---|---:|---:|---:|")
     print(f"| step time (ms) | {1e3 * t_eager:,.0f} | {1e3 * t_compiled:,.0f} | {t_eager / t_compiled:.2f}× |")
@@ -66,28 +73,41 @@ def training(env, batch_size: int, length: int) -> dict:
 
 
 def decoding(env, source_len: int, new_tokens: int, batch_sizes: list[int]) -> list[dict]:
-    eager = common.prepare(common.mmx_model(env.size), env)
-    compiled = common.prepare(common.mmx_model(env.size), env)
-    compiled.load_state_dict(eager.state_dict())
-    compiled.decoder.compile_step()
-    print(f"\n# decoding, source {source_len} tokens, {new_tokens} tokens forced")
-    print("| strategy | batch | eager tok/s | compiled tok/s | ratio | first compiled decode (s) |")
-    print("|---|---:|---:|---:|---:|---:|")
+    import copy
+
+    from mmxattn.inference.compiled import cpp_compiler_available
+
+    plain = common.place(common.mmx_model(env.size), env)
+    names = ("eager", "compile", "cpu") if env.device.type == "cpu" else ("eager", "compile")
+    models = {name: common.inference.prepare(copy.deepcopy(plain), name) for name in names}
+    if env.device.type == "cpu" and not cpp_compiler_available():
+        print("\n# no C++ compiler on PATH: backend compile falls back to eager on CPU; its column is eager")
+    print(f"\n# decoding, source {source_len} tokens, {new_tokens} tokens forced; model.generate under inference_mode; "
+          f"median of {env.repeats} alternating repeats")
+    reference = "cpu" in models
+    print("| strategy | batch | eager backend tok/s | compile backend tok/s | compile ÷ eager | first compile decode (s)"
+          + (" | cpu backend tok/s (reference) |" if reference else " |"))
+    print("|---|---:|---:|---:|---:|---:|" + ("---:|" if reference else ""))
     rows = []
     for beam, batch in [(1, b) for b in batch_sizes] + [(5, 1)]:
         tokens, mask = common.source_batch(batch, source_len, env.size.vocab, device=env.device)
         run = {name: (lambda m=model: decode_throughput.mmx_decode(m, tokens, mask, beam=beam, new_tokens=new_tokens))
-               for name, model in (("eager", eager), ("compiled", compiled))}
-        first = timed(run["compiled"])
-        same = [h[0].tokens for h in run["eager"]()] == [h[0].tokens for h in run["compiled"]()]
-        assert same, "compiled decoding gave other tokens"
-        t_eager, t_compiled = common.time_pair(run["eager"], run["compiled"], env.device, repeats=env.repeats)
+               for name, model in models.items()}
+        first = timed(run["compile"])
+        outputs = {name: [h[0].tokens for h in fn()] for name, fn in run.items()}
+        assert outputs["compile"] == outputs["eager"], "compiled decoding gave other tokens"
+        names = list(run)
+        medians = [statistics.median(times) for times in
+                   common.time_runs([run[n] for n in names], env.device, repeats=env.repeats, warmup=1)]
+        t = dict(zip(names, medians))
         generated = batch * new_tokens
-        row = dict(strategy="greedy" if beam == 1 else f"beam {beam}", batch=batch, eager=generated / t_eager,
-                   compiled=generated / t_compiled, ratio=t_eager / t_compiled, compile_s=first)
+        row = dict(strategy="greedy" if beam == 1 else f"beam {beam}", batch=batch, eager=generated / t["eager"],
+                   compiled=generated / t["compile"], ratio=t["eager"] / t["compile"], compile_s=first,
+                   cpu=generated / t["cpu"] if reference else None)
         rows.append(row)
         print(f"| {row['strategy']} | {batch} | {common.fmt_rate(row['eager'])} | {common.fmt_rate(row['compiled'])} "
-              f"| {row['ratio']:.2f}× | {first:.0f} |", flush=True)
+              f"| {row['ratio']:.2f}× | {first:.0f} |" + (f" {common.fmt_rate(row['cpu'])} |" if reference else ""),
+              flush=True)
     return rows
 
 
@@ -106,6 +126,7 @@ def main(argv=None) -> dict:
     common.header("torch.compile: mmxattn eager vs mmxattn compiled", env)
     result = dict(training=training(env, batch_size, length))
     result["decoding"] = decoding(env, 30, 8 if env.quick else args.new_tokens, decode_batches)
+    print(f"# load average (1, 5, 15 min) at end {common.load_average()}")
     return result
 
 

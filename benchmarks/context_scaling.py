@@ -5,7 +5,10 @@
     python benchmarks/context_scaling.py --quick          # tiny sizes: checks that it runs
 
 The decoder reads ready-made context states (as an audio encoder would hand them over), so only the
-decoding is timed, on both sides: mmxattn `generate` and transformers `generate(encoder_outputs=...)`.
+decoding is timed, on both sides: mmxattn's search (`mmxattn.generation.generate`, what
+`EncoderDecoder.generate` runs after encoding) on the decoder of a model prepared with
+`mmxattn.inference.prepare(model, --backend)` (default auto = cpu on a CPU), and transformers
+`generate(encoder_outputs=...)`.
 Shows that a decoder step does not re-project the context: the one-off projection of the context into
 every layer's cross-attention keys/values is timed on its own and set against the per-step cost
 (step = (decode - projection) / steps). Were the context re-projected at every step, each step would cost
@@ -64,6 +67,7 @@ def peer_decode(peer, context: Context, beam: int, new_tokens: int):
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(parser)
+    common.add_backend_arg(parser)
     parser.add_argument("--frames", type=int, nargs="+", default=[100, 750, 3000], help="context lengths")
     parser.add_argument("--batch", type=int, default=None, help="sources per decode (default 4; cuda 32)")
     parser.add_argument("--beam", type=int, default=5, help="1 = greedy")
@@ -75,11 +79,13 @@ def main(argv=None) -> list[dict]:
     new_tokens = 6 if env.quick else args.new_tokens
 
     common.header("context-length scaling of decoding: mmxattn vs transformers (Marian, same size)", env)
-    model = common.prepare(common.mmx_model(env.size), env)
-    peer = common.prepare(common.peer_model(env.size), env)
+    model = common.for_inference(common.mmx_model(env.size), env, args.backend)
+    peer = common.place(common.peer_model(env.size), env)
     strategy = "greedy" if args.beam == 1 else f"beam {args.beam}"
-    print(f"# {strategy}, batch {batch}, {new_tokens} tokens forced; context states given (decoder only)\n")
-    print("| context frames | mmxattn tok/s | transformers tok/s | ratio | mmxattn step (ms) "
+    print(f"# {strategy}, batch {batch}, {new_tokens} tokens forced; context states given (decoder only); mmxattn "
+          f"backend {model.backend} (inference.prepare(model, {args.backend!r})); median of {env.repeats} alternating "
+          f"repeats\n")
+    print(f"| context frames | mmxattn ({model.backend}) tok/s | transformers tok/s | ratio | mmxattn step (ms) "
           "| context projection, once (ms) | projection ÷ step |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     rows = []
@@ -103,6 +109,7 @@ def main(argv=None) -> list[dict]:
           f"mmxattn step ×{last['step_ms'] / first['step_ms']:.2f}, one-off projection ×"
           f"{last['project_ms'] / first['project_ms']:.1f}; re-projecting per step would make a step "
           f"{(last['step_ms'] + last['project_ms']) / last['step_ms']:.1f}× as long at {last['frames']} frames")
+    print(f"# load average (1, 5, 15 min) at end {common.load_average()}")
     return rows
 
 

@@ -1,13 +1,18 @@
-"""Decoding throughput: mmxattn `generate` against transformers `generate()`, same model size, same inputs.
+"""Decoding throughput: mmxattn `EncoderDecoder.generate` against transformers `generate()`, same model size, same inputs.
 
     python benchmarks/decode_throughput.py                  # CPU fp32, the table in benchmarks/README.md
+    python benchmarks/decode_throughput.py --backend eager  # the plain core modules, no inference backend
     python benchmarks/decode_throughput.py --device cuda    # GPU: bf16, larger batches
     python benchmarks/decode_throughput.py --quick          # tiny sizes: checks that it runs
 
-Greedy and beam 5 at each batch size, source ~30 tokens, output length forced on both sides (EOS forbidden
-until the last step: mmxattn `min_len = max_len - 1`, transformers `min_new_tokens = max_new_tokens`), so
-both run the same number of decoder steps over the same rows. Prints generated tokens/s of each, the
-ratio, and the fraction of the matmul peak (measured here) that mmxattn's whole decode reaches.
+mmxattn decodes the way its users do: the model is moved to the device, prepared with
+`mmxattn.inference.prepare(model, --backend)` (default auto: the cpu backend on a CPU, eager elsewhere),
+and decoded with `model.generate(inputs, GenerationConfig)` under `torch.inference_mode()` (as
+mmx-generate does), encoder pass included. Greedy and beam 5 at each batch size, source ~30 tokens,
+output length forced on both sides (EOS forbidden until the last step: mmxattn `min_len = max_len - 1`,
+transformers `min_new_tokens = max_new_tokens`), so both run the same number of decoder steps over the
+same rows. Prints generated tokens/s of each, the ratio, and the model FLOP rate of mmxattn's whole
+decode as a fraction of the nominal fp32 peak and of the measured matmul ceiling.
 """
 
 from __future__ import annotations
@@ -21,16 +26,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from mmxattn.generation import GenerationConfig, generate  # noqa: E402
+from mmxattn.generation import GenerationConfig  # noqa: E402
+
+
+def generation_config(beam: int, new_tokens: int) -> GenerationConfig:
+    return GenerationConfig(strategy="greedy" if beam == 1 else "beam", beam_size=beam, max_len=new_tokens,
+                            min_len=new_tokens - 1)
 
 
 def mmx_decode(model, tokens, mask, *, beam: int, new_tokens: int):
-    cfg = GenerationConfig(
-        strategy="greedy" if beam == 1 else "beam", beam_size=beam, max_len=new_tokens, min_len=new_tokens - 1
-    )
     with torch.inference_mode():
-        context = model.encode({"src": {"tokens": tokens, "mask": mask}})
-        return generate(model.decoder, context, cfg)
+        return model.generate({"src": {"tokens": tokens, "mask": mask}}, generation_config(beam, new_tokens))
 
 
 def peer_decode(peer, tokens, mask, *, beam: int, new_tokens: int):
@@ -61,6 +67,7 @@ def check_same_work(model, peer, tokens, mask, beam: int, new_tokens: int) -> No
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(parser)
+    common.add_backend_arg(parser)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: 1 32 (cuda: 1 32 256)")
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5], help="1 = greedy")
     parser.add_argument("--source-len", type=int, default=30)
@@ -69,16 +76,20 @@ def main(argv=None) -> list[dict]:
     env = common.setup(args)
     batch_sizes = args.batch_sizes or ([1, 4] if env.quick else [1, 32, 256] if env.device.type == "cuda" else [1, 32])
     new_tokens = 8 if env.quick else args.new_tokens
+    backend = common.resolved_backend(args.backend, env)
 
-    common.header("decoding throughput: mmxattn generate vs transformers generate (Marian, same size)", env)
-    peak = common.matmul_peak(env.device, env.dtype)
-    print(f"# matmul peak (measured): {peak / 1e9:,.1f} GFLOP/s\n")
-    model = common.prepare(common.mmx_model(env.size), env)
-    peer = common.prepare(common.peer_model(env.size), env)
+    ceiling = common.header("decoding throughput: mmxattn generate vs transformers generate (Marian, same size)", env,
+                            peaks=True)
+    model = common.for_inference(common.mmx_model(env.size), env, args.backend)
+    peer = common.place(common.peer_model(env.size), env)
+    print(f"# mmxattn: inference.prepare(model, {args.backend!r}) -> backend {model.backend}; model.generate under "
+          f"inference_mode; {new_tokens} tokens forced, source {args.source_len} tokens; median of {env.repeats} "
+          f"alternating repeats\n")
 
     rows = []
-    print("| strategy | batch | mmxattn tok/s | transformers tok/s | ratio | mmxattn % of matmul peak |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(f"| strategy | batch | mmxattn ({backend}) tok/s | transformers tok/s | ratio "
+          "| mmxattn % of nominal peak | mmxattn % of measured matmul ceiling |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for beam in args.beams:
         for batch in batch_sizes:
             tokens, mask = common.source_batch(batch, args.source_len, env.size.vocab, device=env.device)
@@ -89,17 +100,20 @@ def main(argv=None) -> list[dict]:
                 env.device, repeats=env.repeats, warmup=env.warmup,
             )
             generated = batch * new_tokens
+            rate = decode_flops(env.size, mask, beam, new_tokens) / ours
+            nominal, measured = common.peak_fractions(rate, ceiling, env)
             row = dict(
-                strategy="greedy" if beam == 1 else f"beam {beam}", batch=batch, ours=generated / ours,
-                peer=generated / theirs, ratio=theirs / ours,
-                peak_fraction=decode_flops(env.size, mask, beam, new_tokens) / ours / peak,
+                strategy="greedy" if beam == 1 else f"beam {beam}", batch=batch, backend=backend, ours=generated / ours,
+                peer=generated / theirs, ratio=theirs / ours, flops_per_s=rate, peak_fraction=rate / ceiling,
+                nominal_fraction=None if env.nominal is None else rate / env.nominal.flops,
             )
             rows.append(row)
             print(
                 f"| {row['strategy']} | {batch} | {common.fmt_rate(row['ours'])} | {common.fmt_rate(row['peer'])} "
-                f"| {row['ratio']:.2f}× | {100 * row['peak_fraction']:.1f}% |",
+                f"| {row['ratio']:.2f}× | {nominal} | {measured} |",
                 flush=True,
             )
+    print(f"# load average (1, 5, 15 min) at end {common.load_average()}")
     return rows
 
 

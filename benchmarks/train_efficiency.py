@@ -5,9 +5,13 @@
     python benchmarks/train_efficiency.py --quick          # tiny sizes: checks that it runs
 
 1. Step speed: one optimizer step (forward, label-smoothed cross-entropy, backward, AdamW) of mmxattn and
-   of a same-sized transformers Marian model on the same batch (32 × 30 tokens by default).
-2. MFU: the model FLOPs of that step ÷ its time ÷ the matmul peak, read right before each timed step
-   (the median over the steps).
+   of a same-sized transformers Marian model on the same batch (32 × 30 tokens by default). On CPU the
+   mmxattn model gets `mmxattn.training.cpu_speedups.apply_cpu_speedups` (every nn.Dropout becomes a
+   FastCpuDropout), as mmx-train applies it on CPU with `cpu_speedups: true` (the default);
+   `--no-cpu-speedups` measures the plain model. The peer runs as transformers ships it.
+2. MFU: the model FLOPs of that step ÷ its time, against two peaks: the nominal fp32 peak (cores × clock
+   × FLOPs/cycle, assumptions printed) and the measured matmul ceiling, read right before each timed step
+   (the median of the per-step ratios).
 3. Useful tokens/s on Multi30k (`--multi30k`, default ../shared/data/multi30k): the same mmxattn model fed
    (a) fixed-size batches in random order, the common setup, and (b) mmxattn's token-budget,
    length-bucketed batches (`TokenBudgetBatchSampler`) with a budget equal to (a)'s mean padded size.
@@ -31,6 +35,7 @@ import common  # noqa: E402
 
 from mmxattn.data.batching import TokenBudgetBatchSampler  # noqa: E402
 from mmxattn.tokenizer import BOS, EOS, PAD, Tokenizer  # noqa: E402
+from mmxattn.training.cpu_speedups import apply_cpu_speedups  # noqa: E402
 
 IGNORE = -100
 DEFAULT_MULTI30K = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
@@ -101,12 +106,29 @@ def peer_forward(peer, batch):
     return peer(input_ids=batch["src"], attention_mask=batch["mask"], decoder_input_ids=batch["target_in"]).logits
 
 
+def cpu_speedups(env) -> bool:
+    """Whether the mmxattn side gets apply_cpu_speedups: on CPU, as mmx-train does, unless --no-cpu-speedups."""
+    return env.device.type == "cpu" and getattr(env, "cpu_speedups", True)
+
+
 def make_trainer(side: str, env, dropout: float = 0.1) -> Trainer:
     """mmxattn ("mmxattn") or the peer ("transformers") for training: fp32 master weights (bf16 autocast under
-    --dtype bf16), dropout 0.1."""
+    --dtype bf16), dropout 0.1; mmxattn on CPU with apply_cpu_speedups, as mmx-train builds it."""
     if side == "mmxattn":
-        return Trainer(common.mmx_model(env.size, dropout=dropout).to(env.device).train(), mmx_forward, env)
+        model = common.mmx_model(env.size, dropout=dropout)
+        swapped = apply_cpu_speedups(model) if cpu_speedups(env) else 0  # mmx-train: cpu_speedups and accelerator cpu
+        trainer = Trainer(model.to(env.device).train(), mmx_forward, env)
+        trainer.swapped_dropouts = swapped
+        return trainer
     return Trainer(common.peer_model(env.size, dropout=dropout).to(env.device).train(), peer_forward, env)
+
+
+def speedups_line(env, trainer: Trainer) -> str:
+    if cpu_speedups(env):
+        return (f"# mmxattn: apply_cpu_speedups applied, as mmx-train does on CPU (cpu_speedups: true): "
+                f"{trainer.swapped_dropouts} nn.Dropout -> FastCpuDropout; the peer as transformers ships it")
+    why = "--no-cpu-speedups" if env.device.type == "cpu" else f"not on {env.device.type}"
+    return f"# mmxattn: plain nn.Dropout (apply_cpu_speedups not applied: {why}); the peer as transformers ships it"
 
 
 # ------------------------------------------------------------------------------------------- Multi30k
@@ -190,17 +212,30 @@ def step_comparison(env, batch_size: int, length: int) -> dict:
     flops = common.training_flops(env.size, batch_size, batch["src"].shape[1], batch["target_in"].shape[1])
     t_ours, t_peer = (statistics.median(t for t, _ in runs) for runs in (runs_ours, runs_peer))
     mfu_ours, mfu_peer = (statistics.median(flops / t / peak for t, peak in runs) for runs in (runs_ours, runs_peer))
+    nominal = env.nominal.flops if env.nominal is not None else None
     peaks = [peak for _, peak in runs_ours + runs_peer]
     tokens = batch["useful"]
-    print(f"# matmul peak read before each timed step (fastest of 3 large square matmuls): "
-          f"{min(peaks) / 1e9:,.0f}-{max(peaks) / 1e9:,.0f} GFLOP/s; MFU is the median of the per-step ratios")
-    print(f"\n# training step, batch {batch_size} × {length} tokens, fused AdamW, dropout 0.1, label smoothing 0.1")
+    print(f"# measured matmul ceiling read before each timed step (fastest of 3 square 2048 fp32 matmuls): "
+          f"{min(peaks) / 1e9:,.0f}-{max(peaks) / 1e9:,.0f} GFLOP/s; MFU against it is the median of the per-step ratios")
+    if env.nominal is not None:
+        print(f"# nominal peak: {env.nominal.text}")
+    print(speedups_line(env, ours))
+    print(f"\n# training step, batch {batch_size} × {length} tokens, fused AdamW, dropout 0.1, label smoothing 0.1; "
+          f"median of {env.repeats + 2} alternating steps")
     print("| | mmxattn | transformers | ratio |")
     print("|---|---:|---:|---:|")
     print(f"| step time (ms) | {1e3 * t_ours:,.0f} | {1e3 * t_peer:,.0f} | {t_peer / t_ours:.2f}× |")
     print(f"| target tokens/s | {common.fmt_rate(tokens / t_ours)} | {common.fmt_rate(tokens / t_peer)} | |")
-    print(f"| MFU (model FLOPs ÷ time ÷ matmul peak) | {100 * mfu_ours:.1f}% | {100 * mfu_peer:.1f}% | |", flush=True)
-    return dict(step_ours=t_ours, step_peer=t_peer, ratio=t_peer / t_ours, mfu=mfu_ours, mfu_peer=mfu_peer)
+    if nominal is not None:
+        print(f"| MFU vs nominal peak ({nominal / 1e9:,.0f} GFLOP/s) | {100 * flops / t_ours / nominal:.1f}% "
+              f"| {100 * flops / t_peer / nominal:.1f}% | |")
+    print(f"| MFU vs measured matmul ceiling | {100 * mfu_ours:.1f}% | {100 * mfu_peer:.1f}% | |", flush=True)
+    print("# every timed step (s): mmxattn " + ", ".join(f"{t:.2f}" for t, _ in runs_ours)
+          + "; transformers " + ", ".join(f"{t:.2f}" for t, _ in runs_peer))
+    return dict(step_ours=t_ours, step_peer=t_peer, ratio=t_peer / t_ours, mfu=mfu_ours, mfu_peer=mfu_peer,
+                mfu_nominal=None if nominal is None else flops / t_ours / nominal,
+                mfu_nominal_peer=None if nominal is None else flops / t_peer / nominal,
+                speedups=cpu_speedups(env))
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -214,14 +249,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--multi30k", default=str(DEFAULT_MULTI30K), help="folder with train.{en,de}.gz")
     parser.add_argument("--multi30k-batch", type=int, default=32, help="sentences per fixed-size batch")
     parser.add_argument("--multi30k-steps", type=int, default=12, help="timed steps per batching")
+    parser.add_argument("--no-cpu-speedups", action="store_true",
+                        help="train mmxattn with plain nn.Dropout (mmx-train's cpu_speedups=false)")
     args = parser.parse_args(argv)
     env = common.setup(args)
+    env.cpu_speedups = not args.no_cpu_speedups
     batch_size = args.batch or (4 if env.quick else 128 if env.device.type == "cuda" else 32)
     length = 8 if env.quick else args.length
 
     common.header("training efficiency: mmxattn vs transformers (Marian, same size)", env)
     result = step_comparison(env, batch_size, length)  # both models are freed before the Multi30k part
     result["multi30k"] = multi30k_comparison(args, env)
+    print(f"# load average (1, 5, 15 min) at end {common.load_average()}")
     return result
 
 

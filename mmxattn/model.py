@@ -25,10 +25,10 @@ from .decoder import TransformerDecoder
 from .errors import ConfigError
 from .fusion import FUSION_MODES, GatedCrossAttention, SourcesContext
 from .generation import GenerationConfig, Hypothesis, generate
+from .sources import PRESENT, encoder_configs
 
 log = logging.getLogger(__name__)
 
-PRESENT = "present"  # reserved key of a source's batch: [B] bool, which rows have this source
 
 
 class EncoderDecoder(nn.Module):
@@ -156,21 +156,3 @@ def ctc_vocab_size(cfg, tokenizers) -> int | None:
     if not weight:
         return None
     return len(tokenizers.source if target == "source" else tokenizers.target)
-
-
-def encoder_configs(cfg) -> dict:
-    """{source name: encoder config}; a single `encoder` reads the source called `src`.
-
-    With `encoders`, a source set to null is left out (e.g. `encoders.image=null` trains without it).
-    """
-    if cfg.get("encoders"):
-        configs = {source: c for source, c in dict(cfg["encoders"]).items() if c is not None}
-        if not configs:
-            raise ConfigError("every source under `encoders` is null; keep at least one")
-        for source, c in configs.items():
-            if not hasattr(c, "get") or not c.get("name"):
-                raise ConfigError(f"encoders.{source} needs a `name` (an encoder; `mmx-encoders` lists them)")
-        return configs
-    if not cfg.get("encoder") or not cfg["encoder"].get("name"):
-        raise ConfigError("config key `encoder.name` is missing: select an encoder with encoder=<name>")
-    return {"src": cfg["encoder"]}

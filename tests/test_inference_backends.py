@@ -43,9 +43,12 @@ def prepared(decoder: TransformerDecoder, backend: str) -> TransformerDecoder:
     return prepare(Holder(copy.deepcopy(decoder)), backend).decoder
 
 
-@pytest.fixture(params=["eager", "cpu"])
+@pytest.fixture(params=["eager", "cpu", "cpu-row-blocks"])
 def backend(request, monkeypatch):
     monkeypatch.setattr(cpu, "PACKING_MIN_WEIGHTS", 0)  # the tiny weights take the layouts big ones take
+    if request.param == "cpu-row-blocks":  # the single-row kernel that differs most from F.linear, whatever is fastest here
+        monkeypatch.setattr(cpu, "fastest_single_row_kernel", lambda layer: "row_blocks")
+        return "cpu"
     return request.param
 
 
@@ -184,13 +187,16 @@ def test_packed_linear_equals_f_linear_for_any_rows(monkeypatch, approximate, ou
     packed = cpu.PackedLinear(linear)
     assert (packed.row_blocks is not None) == (out_dim % max(2, torch.get_num_threads()) == 0)
     assert (packed.packed is not None) == (min_weights == 0 and cpu.ONEDNN)
-    for x in (torch.randn(1, 32), torch.randn(5, 32), torch.randn(2, 3, 32), torch.randn(0, 32)):
-        with torch.no_grad():
-            expected = linear(x)
-            torch.testing.assert_close(packed(x), expected, rtol=1e-5, atol=1e-5)
-            if x.dim() == 2:
-                gelu = nn.functional.gelu(expected, approximate=approximate)
-                torch.testing.assert_close(packed.gelu(x, approximate), gelu, rtol=1e-5, atol=1e-5)
+    for kernel in cpu.SINGLE_ROW_KERNELS:  # whichever one apply_cpu's timing picks on a machine
+        packed.single_row = kernel
+        for x in (torch.randn(1, 32), torch.randn(5, 32), torch.randn(2, 3, 32), torch.randn(0, 32)):
+            with torch.no_grad():
+                expected = linear(x)
+                torch.testing.assert_close(packed(x), expected, rtol=1e-5, atol=1e-5)
+                if x.dim() == 2:
+                    gelu = nn.functional.gelu(expected, approximate=approximate)
+                    torch.testing.assert_close(packed.gelu(x, approximate), gelu, rtol=1e-5, atol=1e-5)
+    assert cpu.fastest_single_row_kernel(packed, repeats=2) in cpu.SINGLE_ROW_KERNELS
 
 
 def test_a_prepared_model_is_frozen_copies_and_keeps_its_state_dict_keys(monkeypatch):
@@ -209,7 +215,7 @@ def test_a_prepared_model_is_frozen_copies_and_keeps_its_state_dict_keys(monkeyp
 def test_an_unknown_backend_is_named():
     from mmxattn.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="backend='fast'.*eager, cpu, compile"):
+    with pytest.raises(ConfigError, match="backend='fast'.*eager, cpu, compile, int8"):
         prepare(Holder(tiny_decoder_and_context()[0]), "fast")
 
 
@@ -224,3 +230,26 @@ def test_the_compile_backend_decodes_the_reference_tokens():
     expected = reference_beam(decoder, context, beam)
     got = generate(compiled, context, beam)
     assert [[h.tokens for h in hyps] for hyps in got] == [[t for t, _ in hyps] for hyps in expected]
+
+
+needs_int8 = pytest.mark.skipif(
+    not {"x86", "fbgemm"} & set(torch.backends.quantized.supported_engines), reason="no quantized CPU engine"
+)
+
+
+@needs_int8
+def test_the_int8_backend_stays_close_to_fp32_and_runs_every_strategy():
+    """int8 weights change logits slightly, so a search may pick another token where two were nearly tied:
+    held here are the logits (within 5% of their spread) and greedy agreement on most sources (6 of 8)."""
+    decoder, context = tiny_decoder_and_context()
+    int8 = prepared(decoder, "int8")
+    tokens = torch.tensor([[BOS, 5, 9, 11]] * 8)
+    with torch.no_grad():
+        exact, quantized = decoder(tokens, context)[0], int8(tokens, context)[0]  # [8, 4, V] each
+    assert (quantized - exact).abs().max() < 0.05 * (exact.max() - exact.min())
+    greedy = GenerationConfig(strategy="greedy", max_len=10)
+    same = sum(a[0].tokens == b[0].tokens for a, b in zip(generate(int8, context, greedy), generate(decoder, context, greedy)))
+    assert same >= 6, same
+    for cfg in (GenerationConfig(strategy="beam", beam_size=3, nbest=2, max_len=8),
+                GenerationConfig(strategy="sample", top_k=5, seed=1, max_len=8)):
+        assert all(len(h) == cfg.nbest for h in generate(int8, context, cfg))

@@ -48,8 +48,9 @@ def add_generation_args(parser) -> None:
                    "CTC/attention (0 = attention only; the model needs loss.ctc_weight > 0 on its targets)")
     parser.add_argument("--batch-size", type=int, default=32, help="inputs decoded together (default 32)")
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu", help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--backend", default="auto", choices=["auto", "eager", "cpu", "compile"],
-                        help="inference backend (mmxattn.inference): auto = cpu on a CPU, eager elsewhere")
+    parser.add_argument("--backend", default="auto", choices=["auto", "eager", "cpu", "compile", "int8"],
+                        help="inference backend (mmxattn.inference): auto = cpu on a CPU, eager elsewhere; "
+                             "int8 = int8 weights on CPU (faster, slightly less exact)")
 
 
 def _cuda() -> bool:

@@ -6,7 +6,7 @@
 It composes the real `mmx-train` config (Hydra's compose API, installed plugins' configs included), reads
 every split that config names with the readers training uses (`Seq2SeqDataModule.read`, so a missing file
 or a bad row is the same one-line error and exit code 2), builds the tokenizer and the encoders'
-processors exactly as training does (`Seq2SeqDataModule._dataset` with no length limit), and prints per
+processors exactly as training does (`Seq2SeqDataModule.dataset` with no length limit), and prints per
 split: sizes, skipped samples, source lengths in the processor's unit (`Processor.length`, `length_unit`),
 audio durations and sample rates or image sizes from a bounded sample of file headers, target lengths,
 samples over `data.max_len`; then the target vocabulary and the `data.max_len` / `data.max_tokens` it
@@ -35,7 +35,7 @@ from ..data.datamodule import Seq2SeqDataModule
 from ..data.samples import Sample, SkipReport
 from ..data.speech import split_fairseq_path
 from ..errors import ConfigError, DataError
-from ..model import encoder_configs
+from ..sources import encoder_configs
 from ..tokenizer import Tokenizers
 from .common import user_errors_exit
 
@@ -563,7 +563,7 @@ def analyse(cfg, *, max_files: int = 2000, tokenizer_samples: int = 200_000, top
     vocabulary = Counter()
     for split, report in reports.items():
         module.skipped = report.skipped
-        dataset = module._dataset(split, report.samples)  # training's checks (no source, ...) bar the length limit
+        dataset = module.dataset(split, report.samples)  # training's checks (no source, ...) bar the length limit
         processors = dataset.processors
         lengths = {name: [] for name in processors}
         missing = Counter()
@@ -619,7 +619,7 @@ def analyse(cfg, *, max_files: int = 2000, tokenizer_samples: int = 200_000, top
                 details.append(f"    {sample.where}  ({', '.join(sides)})")
             if first_overlong is None and not skip:  # training's own error, from its own check of that sample
                 try:
-                    stopper._dataset(split, [overlong[0][0]])
+                    stopper.dataset(split, [overlong[0][0]])
                 except DataError as e:
                     first_overlong = str(e)
         else:

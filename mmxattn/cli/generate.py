@@ -13,7 +13,7 @@ from ..checkpoint import load_for_inference
 from ..cpu_allocator import keep_freed_memory
 from ..data.samples import SkipReport, check_not_folder, decode_lines, read_lines
 from ..errors import DataError, MmxError
-from ..model import encoder_configs
+from ..sources import encoder_configs
 from .common import add_generation_args, generation_config, setup_logging, user_errors_exit
 
 EPILOG = """examples:

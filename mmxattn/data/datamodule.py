@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from .. import registry
 from ..ctc import settings as ctc_settings
 from ..errors import ConfigError, DataError
-from ..model import PRESENT, encoder_configs
+from ..sources import PRESENT, encoder_configs
 from ..tokenizer import BOS, EOS, PAD, Tokenizers
 from .batching import ERROR, ResumableDataLoader, TokenBudgetBatchSampler, epoch_budget
 from .samples import Sample, SkipReport
@@ -146,7 +146,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
             self.tokenizers = Tokenizers.build(self.cfg.tokenizer, source_texts, [smp.target for smp in train],
                                                where=self._describe("train", train))
         for split, split_samples in samples.items():
-            self.splits[split] = self._dataset(split, split_samples)
+            self.splits[split] = self.dataset(split, split_samples)
         if self.skipped.total:
             log.warning("data: %s", self.skipped.summary("samples"))
 
@@ -168,7 +168,9 @@ class Seq2SeqDataModule(L.LightningDataModule):
                  for name, n in lengths.items()] + [f"target {target} tokens"]
         return f"{sample.where}: longer than data.max_len={self.data_cfg.max_len}: {', '.join(sides)}"
 
-    def _dataset(self, split: str, samples: list[Sample]) -> Seq2SeqDataset:
+    def dataset(self, split: str, samples: list[Sample]) -> Seq2SeqDataset:
+        """The samples of one split that pass training's checks (a present source, a target within
+        data.max_len), with their tokenized targets; `prepare` builds every split with it, mmx-data too."""
         processors = self.processors(train=(split == "train"))
         max_len = self.data_cfg.max_len
         kept, targets, sizes, ctc_targets = [], [], [], []

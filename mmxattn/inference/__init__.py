@@ -9,6 +9,9 @@ torch.compile) is applied here, once, to a model that will not train again, so n
     cpu       every nn.Linear becomes a `PackedLinear` (oneDNN-packed weights, row blocks for a single row)
               and the decoder gets a flattened one-token step (`FastDecoder`); CPU, fp32
     compile   the flattened step under torch.compile (dynamic shapes), plain weights
+    int8      every nn.Linear with int8 weights and dynamically quantized activations (PyTorch's
+              quantize_dynamic) and the flattened step; CPU only, not chosen by auto (a small loss of
+              accuracy, measured in benchmarks/README.md)
 
 `prepare(model, backend)` applies one; "auto" picks cpu on a CPU and eager elsewhere.
 `mmx-generate`, `mmx-eval`, `mmx-attend` (`--backend`) and `load_for_inference(..., backend=...)` use it.
@@ -26,7 +29,7 @@ from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "eager", "cpu", "compile")
+BACKENDS = ("auto", "eager", "cpu", "compile", "int8")
 
 
 def default_backend(device: torch.device | str) -> str:
@@ -53,5 +56,9 @@ def prepare(model: nn.Module, backend: str = "auto") -> nn.Module:
         from .compiled import apply_compile
 
         apply_compile(model)
+    elif backend == "int8":
+        from .int8 import apply_int8
+
+        apply_int8(model)
     model.backend = backend
     return model

@@ -8,10 +8,11 @@ bound by reading the weights, and how they are stored decides the speed:
   `F.linear`. oneDNN picks the blocked format from a row-count hint; a hint of 128 served every row
   count tried, so one packed copy serves every batch size. A oneDNN call costs more fixed time than
   `F.linear`, so small weights (tiny test models) stay with `F.linear`.
-- One row (greedy decoding of one source) is a matrix-vector product. A batched product over the
-  weight viewed as blocks of rows, `bmm(W.view(k, out/k, in), x)`, streams the weights faster than
-  `F.linear`, `torch.mv` or the packed copy: MKL's batched kernel is a better matrix-vector product than
-  the one its plain product falls back to. The view costs no memory.
+- One row (greedy decoding of one source) is a matrix-vector product, and which kernel streams the
+  weights fastest depends on the CPU: on some, a batched product over the weight viewed as blocks of
+  rows, `bmm(W.view(k, out/k, in), x)` (MKL's batched kernel; the view costs no memory), beats
+  `F.linear`; on others `F.linear` or the packed copy wins. `apply_cpu` times the three on the model's
+  largest weight once and uses the fastest for every single-row product (`SINGLE_ROW_KERNELS`).
 
 The packed copies are made once, from a frozen model (`mmxattn.inference.prepare`), and cost one more
 copy of every large weight. Measured speeds: benchmarks/README.md. Results equal the plain modules up
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 PACKING_ROWS_HINT = 128
 PACKING_MIN_WEIGHTS = 256 * 256
+SINGLE_ROW_KERNELS = ("row_blocks", "packed", "linear")
 
 
 def _onednn_packing_works() -> bool:
@@ -59,6 +61,7 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias  # the same parameters (shared with a tied embedding)
+        self.single_row = "row_blocks"  # the kernel for one row; apply_cpu times them and picks
         self._make_layouts()
 
     def _make_layouts(self) -> None:
@@ -77,11 +80,12 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x [..., in] -> [..., out]
         rows = x.reshape(-1, self.in_features)  # [rows, in]
-        if self.row_blocks is not None and rows.shape[0] == 1:
+        kernel = self.single_row if rows.shape[0] == 1 else "packed"
+        if kernel == "row_blocks" and self.row_blocks is not None:
             column = rows.t().expand(self.row_blocks.shape[0], -1, -1)  # [k, in, 1], shared by every block
             y = (torch.bmm(self.row_blocks, column) if self.bias_blocks is None
                  else torch.baddbmm(self.bias_blocks, self.row_blocks, column))  # [k, out/k, 1]
-        elif self.packed is not None and rows.shape[0] > 0:
+        elif kernel != "linear" and self.packed is not None and rows.shape[0] > 0:
             y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
         else:
             y = F.linear(rows, self.weight, self.bias)
@@ -188,4 +192,31 @@ def apply_cpu(model: nn.Module) -> None:
         log.info("oneDNN weight packing is not available in this torch build or on this CPU: the cpu backend "
                  "uses row blocks for single rows and F.linear otherwise")
     pack_linears(model)
+    layers = [m for m in model.modules() if isinstance(m, PackedLinear)]
+    kernel = fastest_single_row_kernel(max(layers, key=lambda m: m.weight.numel())) if layers else "linear"
+    for layer in layers:
+        layer.single_row = kernel
     model.decoder = FastDecoder.from_decoder(model.decoder)
+
+
+def fastest_single_row_kernel(layer: PackedLinear, repeats: int = 20) -> str:
+    """The kernel that multiplies one row by `layer`'s weight fastest on this machine (best of `repeats`)."""
+    import time
+
+    x = torch.randn(1, layer.in_features)
+    best: dict[str, float] = {}
+    with torch.inference_mode():
+        for kernel in SINGLE_ROW_KERNELS:
+            if (kernel == "row_blocks" and layer.row_blocks is None) or (kernel == "packed" and layer.packed is None):
+                continue
+            layer.single_row = kernel
+            layer(x)  # warm-up: first-call allocations
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                layer(x)
+                times.append(time.perf_counter() - start)
+            best[kernel] = min(times)
+    choice = min(best, key=best.get)
+    log.debug("single-row kernel: %s (%s)", choice, ", ".join(f"{k} {1e6 * v:.0f} us" for k, v in best.items()))
+    return choice

@@ -28,7 +28,8 @@ from .. import registry
 from ..context import Context, ContextView
 from ..errors import ConfigError, MmxError
 from ..generation import GenerationConfig, generate
-from ..model import EncoderDecoder, encoder_configs
+from ..model import EncoderDecoder
+from ..sources import encoder_configs
 from ..tokenizer import BOS, EOS, PAD
 
 log = logging.getLogger(__name__)
