@@ -221,7 +221,7 @@ def train(cfg: DictConfig) -> dict:
     if ckpt_path:
         _keep_metrics_history(output_dir)
 
-    datamodule = Seq2SeqDataModule(cfg)
+    datamodule = Seq2SeqDataModule.from_config(cfg)
     datamodule.prepare(("train", "valid"))
     model = build_model(cfg, datamodule.tokenizers)
     if cfg.get("cpu_speedups") and cfg.trainer.get("accelerator") == "cpu":

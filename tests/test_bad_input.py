@@ -29,7 +29,7 @@ def write_pair(root: Path, prefix: str, src: list[str], tgt: list[str], gz: bool
 
 def datamodule(root, *overrides):
     cfg = compose_config([*TINY, f"data.root={root}", "data.synthetic=null", *overrides])
-    return Seq2SeqDataModule(cfg)
+    return Seq2SeqDataModule.from_config(cfg)
 
 
 GOOD = [f"sentence number {i} is here" for i in range(30)]

@@ -26,7 +26,7 @@ needs_compiler = pytest.mark.skipif(
 @needs_compiler
 def test_compiled_training_forward_matches_eager(tiny_cfg):
     cfg = tiny_cfg("compile.train=true", "decoder.dropout=0.0", "encoder.dropout=0.0")
-    datamodule = Seq2SeqDataModule(cfg)
+    datamodule = Seq2SeqDataModule.from_config(cfg)
     datamodule.prepare(("train",))
     batch = next(iter(datamodule.loader("train", shuffle=False)))
     assert not bool(batch["inputs"]["src"]["mask"].all()), "the batch should hold padding"
@@ -51,7 +51,7 @@ def test_compiled_training_forward_matches_eager(tiny_cfg):
 
 def test_compile_without_a_cpp_compiler_is_a_config_error(tiny_cfg, monkeypatch):
     cfg = tiny_cfg("compile.train=true")
-    datamodule = Seq2SeqDataModule(cfg)
+    datamodule = Seq2SeqDataModule.from_config(cfg)
     datamodule.prepare(("train",))
     model = build_model(cfg, datamodule.tokenizers)
     monkeypatch.setattr("shutil.which", lambda name: None)

@@ -97,7 +97,7 @@ def test_ctc_gradient_reaches_the_encoder_and_head_but_not_the_decoder():
 
 def test_no_head_without_weight_and_the_task_adds_the_weighted_sum(tiny_cfg):
     cfg = tiny_cfg()
-    data = Seq2SeqDataModule(cfg)
+    data = Seq2SeqDataModule.from_config(cfg)
     data.prepare(("train",))
     assert build_model(cfg, data.tokenizers).ctc_head is None  # loss.ctc_weight=0: nothing is built
     batch = next(iter(data.loader("train", shuffle=False)))

@@ -180,7 +180,7 @@ def test_a_wav_cut_in_half_is_an_error_or_skipped_and_counted(tmp_path):
 
     root = speech_corpus(tmp_path / "data")
     cut_in_half(root / "clips" / "train1.wav")
-    module = Seq2SeqDataModule(speech_cfg(root, tmp_path, "data.num_workers=0", "data.skip_invalid=true"))
+    module = Seq2SeqDataModule.from_config(speech_cfg(root, tmp_path, "data.num_workers=0", "data.skip_invalid=true"))
     module.prepare(("train",))
     batches = list(module.loader("train", shuffle=False))
     assert sum(b["skipped"] for b in batches) == 1 and sum(len(b.get("index", [])) for b in batches) == 3
@@ -207,8 +207,8 @@ def test_non_utf8_lines_are_skipped_in_both_files_and_counted(tmp_path, caplog):
     write_text(tmp_path, "train.en", src), write_text(tmp_path, "train.xx", tgt)
     write_text(tmp_path, "valid.en", src[:2]), write_text(tmp_path, "valid.xx", tgt[:2])
     with pytest.raises(DataError, match=r"train\.en:4: not valid UTF-8 .*data\.skip_invalid=true"):
-        Seq2SeqDataModule(text_cfg(tmp_path)).prepare()
-    module = Seq2SeqDataModule(text_cfg(tmp_path, "data.skip_invalid=true"))
+        Seq2SeqDataModule.from_config(text_cfg(tmp_path)).prepare()
+    module = Seq2SeqDataModule.from_config(text_cfg(tmp_path, "data.skip_invalid=true"))
     with caplog.at_level(logging.WARNING):
         module.prepare()
     samples = module.splits["train"].samples
@@ -236,19 +236,19 @@ def test_an_empty_validation_split_names_its_files(tmp_path):
     write_text(tmp_path, "train.en", [b"one two"] * 5), write_text(tmp_path, "train.xx", [b"un deux"] * 5)
     write_text(tmp_path, "valid.en", []), write_text(tmp_path, "valid.xx", [])
     with pytest.raises(DataError) as excinfo:
-        Seq2SeqDataModule(text_cfg(tmp_path)).prepare()
+        Seq2SeqDataModule.from_config(text_cfg(tmp_path)).prepare()
     assert str(excinfo.value).startswith(f"{tmp_path / 'valid.en'}, {tmp_path / 'valid.xx'}: no usable sentence pairs "
                                          "in data.valid (it is empty)")
     write_text(tmp_path, "valid.en", [b"   "]), write_text(tmp_path, "valid.xx", [b"x"])
     with pytest.raises(DataError, match=r"valid\.xx: no usable sentence pairs in data\.valid \(all 1 were invalid and "
                                         r"skipped 1 entries so far: 1 empty"):
-        Seq2SeqDataModule(text_cfg(tmp_path, "data.skip_invalid=true")).prepare()
+        Seq2SeqDataModule.from_config(text_cfg(tmp_path, "data.skip_invalid=true")).prepare()
 
 
 def test_folders_where_files_belong_are_named(tmp_path):
     (tmp_path / "train.en").mkdir()
     with pytest.raises(DataError, match=f"{tmp_path / 'train.en'}: is a folder, but a UTF-8 text file"):
-        Seq2SeqDataModule(text_cfg(tmp_path)).prepare()
+        Seq2SeqDataModule.from_config(text_cfg(tmp_path)).prepare()
 
     root = speech_corpus(tmp_path / "speech")
     (root / "clips" / "folder.wav").mkdir()
@@ -266,7 +266,7 @@ def test_folders_where_files_belong_are_named(tmp_path):
     (coco / "captions_train.json").unlink()
     (coco / "captions_train.json").mkdir()
     with pytest.raises(DataError, match=r"captions_train\.json: is a folder, but the COCO captions file \(JSON\)"):
-        Seq2SeqDataModule(compose_config(caption_overrides(coco))).prepare()
+        Seq2SeqDataModule.from_config(compose_config(caption_overrides(coco))).prepare()
 
 
 # --- 5. empty training text --------------------------------------------------------------------------
@@ -276,7 +276,7 @@ def test_empty_training_files_say_there_is_no_training_text(tmp_path):
     write_text(tmp_path, "train.en", []), write_text(tmp_path, "train.xx", [])
     write_text(tmp_path, "valid.en", [b"a b"]), write_text(tmp_path, "valid.xx", [b"c d"])
     with pytest.raises(DataError, match=f"{tmp_path / 'train.en'}, {tmp_path / 'train.xx'}: .*there is no training text"):
-        Seq2SeqDataModule(text_cfg(tmp_path)).prepare()
+        Seq2SeqDataModule.from_config(text_cfg(tmp_path)).prepare()
     with pytest.raises(DataError, match="data.train .*: there is no training text to train the tokenizer on"):
         Tokenizer.train(["", "  "], vocab_size=40, where="data.train (train.en)")
 
@@ -321,7 +321,7 @@ def test_overlong_messages_speak_of_the_sources_unit(tmp_path):
     root = speech_corpus(tmp_path)
     with pytest.raises(DataError, match=r"train\.tsv:2: longer than data\.max_len=20: source 'src' 28 frames \(10 ms\), "
                                         r"target \d+ tokens\. Raise data\.max_len"):
-        Seq2SeqDataModule(speech_cfg(root, tmp_path, "data.max_len=20")).prepare()
+        Seq2SeqDataModule.from_config(speech_cfg(root, tmp_path, "data.max_len=20")).prepare()
 
 
 # --- 8. sample rates that give no frames, empty files -------------------------------------------------------

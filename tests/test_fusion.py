@@ -210,7 +210,7 @@ def test_multisource_tsv_marks_missing_sources_and_rejects_samples_without_any(m
         (tmp_path / name).write_text((mm_corpus / name).read_text())
     (tmp_path / "images").symlink_to(mm_corpus / "images")
     cfg = compose_config([*TINY_MM, f"data.root={tmp_path}", "data.max_sentences=4"], output_dir=tmp_path / "run")
-    datamodule = Seq2SeqDataModule(cfg)
+    datamodule = Seq2SeqDataModule.from_config(cfg)
     datamodule.prepare(("train", "valid"))
     samples = datamodule.splits["train"].samples
     assert "image" not in samples[0].sources and "src" not in samples[1].sources
@@ -230,16 +230,16 @@ def test_multisource_tsv_marks_missing_sources_and_rejects_samples_without_any(m
     rows_[2][1] = rows_[2][2] = ""  # neither
     (tmp_path / "train.tsv").write_text("\n".join([header] + ["\t".join(r) for r in rows_]) + "\n")
     with pytest.raises(DataError, match=r"train.tsv:4: has none of the sources this model reads \(src, image\)"):
-        Seq2SeqDataModule(cfg).prepare(("train",))
+        Seq2SeqDataModule.from_config(cfg).prepare(("train",))
     cfg.data.skip_invalid = True
-    datamodule = Seq2SeqDataModule(cfg)
+    datamodule = Seq2SeqDataModule.from_config(cfg)
     datamodule.prepare(("train",))
     assert datamodule.skipped.counts == {"no source": 1}
 
 
 def test_fusion_and_sources_come_from_the_config(mm_corpus, tmp_path):
     cfg = compose_config([*TINY_MM, f"data.root={mm_corpus}"], output_dir=tmp_path)
-    datamodule = Seq2SeqDataModule(cfg)
+    datamodule = Seq2SeqDataModule.from_config(cfg)
     datamodule.prepare(("train",))
     model = build_model(cfg, datamodule.tokenizers)
     assert list(model.encoders) == ["src", "image"] and type(model.decoder) is TransformerDecoder

@@ -43,7 +43,7 @@ def training_error(overrides: list[str]) -> str:
     """The one line `mmx-train` prints for the same data: its datamodule's error, as user_errors_exit shows it."""
     cfg, _, _ = mmx_data.compose_config(overrides)
     with pytest.raises(DataError) as error:
-        Seq2SeqDataModule(cfg).prepare(("train", "valid"))
+        Seq2SeqDataModule.from_config(cfg).prepare(("train", "valid"))
     return f"error: {error.value}"
 
 

@@ -142,7 +142,7 @@ def speech_cfg(root, tmp_path, *overrides):
 
 
 def test_batches_respect_the_frame_budget(corpus, tmp_path):
-    module = Seq2SeqDataModule(speech_cfg(corpus, tmp_path, "data.max_tokens=600"))
+    module = Seq2SeqDataModule.from_config(speech_cfg(corpus, tmp_path, "data.max_tokens=600"))
     module.prepare(("train",))
     train_set = module.splits["train"]
     assert train_set.sizes == [s.sources["src"].n_frames for s in train_set.samples]  # manifest n_frames
@@ -158,12 +158,12 @@ def test_unreadable_audio_names_the_manifest_line_or_is_skipped(corpus, tmp_path
     root = tmp_path / "copy"
     shutil.copytree(corpus, root)
     (root / "clips" / "train_00002.flac").write_bytes(b"not audio")
-    module = Seq2SeqDataModule(speech_cfg(root, tmp_path))
+    module = Seq2SeqDataModule.from_config(speech_cfg(root, tmp_path))
     module.prepare(("train",))
     with pytest.raises(DataError, match=r"train.tsv:4: .*train_00002.flac: cannot be read as audio"):
         module.splits["train"][2]
 
-    module = Seq2SeqDataModule(speech_cfg(root, tmp_path, "data.skip_invalid=true"))
+    module = Seq2SeqDataModule.from_config(speech_cfg(root, tmp_path, "data.skip_invalid=true"))
     module.prepare(("train",))
     batches = list(module.loader("train", shuffle=False))
     assert sum(b["skipped"] for b in batches) == 1
@@ -301,7 +301,7 @@ def test_speech_base_recipe_trains_a_few_steps_with_ctc(corpus, tmp_path):
 def test_ctc_on_source_transcripts_uses_their_own_tokenizer(corpus, tmp_path):
     """loss.ctc_target=source: src_text in the source tokenizer's pieces (their own model with joint=false)."""
     cfg = speech_cfg(corpus, tmp_path, "loss.ctc_weight=0.3", "loss.ctc_target=source", "tokenizer.joint=false")
-    module = Seq2SeqDataModule(cfg)
+    module = Seq2SeqDataModule.from_config(cfg)
     module.prepare(("train",))
     tokenizers = module.tokenizers
     assert not tokenizers.joint
@@ -320,7 +320,7 @@ def test_ctc_on_source_transcripts_uses_their_own_tokenizer(corpus, tmp_path):
         write_manifest(bare / f"{split}.tsv", *("\t".join([*r[:4], r[5]]) for r in rows))
     (bare / "clips").symlink_to(corpus / "clips")
     with pytest.raises(DataError, match=r"train.tsv:2: no source transcript \(src_text\)"):
-        Seq2SeqDataModule(speech_cfg(bare, tmp_path, "loss.ctc_weight=0.3", "loss.ctc_target=source")).prepare(("train",))
+        Seq2SeqDataModule.from_config(speech_cfg(bare, tmp_path, "loss.ctc_weight=0.3", "loss.ctc_target=source")).prepare(("train",))
 
 
 # --- sample rates -----------------------------------------------------------------------------------

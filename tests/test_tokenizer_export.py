@@ -20,7 +20,7 @@ def test_trained_tokenizer_round_trips_text_and_fixes_special_ids():
 
 def test_separate_vocabularies_and_export_round_trip(tiny_cfg, tmp_path):
     cfg = tiny_cfg("tokenizer.joint=false")
-    dm = Seq2SeqDataModule(cfg)
+    dm = Seq2SeqDataModule.from_config(cfg)
     dm.prepare()
     assert not dm.tokenizers.joint
     src_vocab, tgt_vocab = len(dm.tokenizers.source), len(dm.tokenizers.target)

@@ -540,8 +540,8 @@ def analyse(cfg, *, max_files: int = 2000, tokenizer_samples: int = 200_000, top
                           "data.root at your own data with data.synthetic=null)")
     unbounded = copy.deepcopy(cfg)
     unbounded.data.max_len = 2**62  # read and check like training, but report overlong samples instead of stopping
-    module = Seq2SeqDataModule(unbounded)  # the same readers (data.format -> registry.DATA_FORMATS) as training
-    stopper = Seq2SeqDataModule(cfg)  # training's own check, for its message about an overlong sample
+    module = Seq2SeqDataModule.from_config(unbounded)  # the same readers (data.format -> registry.DATA_FORMATS) as training
+    stopper = Seq2SeqDataModule.from_config(cfg)  # training's own check, for its message about an overlong sample
     splits = [s for s in SPLITS if data.get(s) not in (None, "")]
     if "train" not in splits:
         raise ConfigError("data.train is not set; the tokenizer and the batch budget come from the training split")

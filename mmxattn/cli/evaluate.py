@@ -49,7 +49,7 @@ def main(argv=None) -> None:
         raise ConfigError(f"cannot apply overrides {args.overrides}: {e}; write them as key=value") from e
     if not cfg.data.get(args.split):
         raise ConfigError(f"data.{args.split} is not set in the model's config; pass data.{args.split}=<file prefix>")
-    datamodule = Seq2SeqDataModule(cfg, tokenizers)
+    datamodule = Seq2SeqDataModule.from_config(cfg, tokenizers)
     datamodule.prepare((args.split,))
     gen = generation_config(cfg.get("generation"), args)
     metrics = list(cfg.get("eval", {}).get("metrics") or ["bleu"])

@@ -119,15 +119,29 @@ class Collater:
 
 
 class Seq2SeqDataModule(L.LightningDataModule):
-    """`prepare()` runs in every process before the model is built (the model needs the vocabulary)."""
+    """`prepare()` runs in every process before the model is built (the model needs the vocabulary).
 
-    def __init__(self, cfg, tokenizers: Tokenizers | None = None):
+    Built from its own config sections: `data`, the encoder config of each source (their processors),
+    `tokenizer` (trained on the training split unless `tokenizers` are given), the shuffling seed, and
+    whether an auxiliary CTC loss reads the samples' source transcripts. `from_config` picks them from a
+    run's config.
+    """
+
+    def __init__(self, data, encoders: dict, tokenizer, *, seed: int = 0, ctc_on_transcripts: bool = False,
+                 tokenizers: Tokenizers | None = None):
         super().__init__()
-        self.cfg, self.data_cfg = cfg, cfg.data
+        self.data_cfg, self.encoders, self.tokenizer_cfg = data, encoders, tokenizer
+        self.seed, self.ctc_on_transcripts = seed, ctc_on_transcripts
         self.tokenizers = tokenizers
         self.skipped = SkipReport()
         self.splits: dict[str, Seq2SeqDataset] = {}
         self.format = registry.get_data_format(self.data_cfg.format)  # built-in or a plugin's (entry points)
+
+    @classmethod
+    def from_config(cls, cfg, tokenizers: Tokenizers | None = None) -> "Seq2SeqDataModule":
+        weight, target = ctc_settings(cfg)
+        return cls(cfg.data, encoder_configs(cfg), cfg.tokenizer, seed=cfg.seed,
+                   ctc_on_transcripts=bool(weight) and target == "source", tokenizers=tokenizers)
 
     def read(self, split: str) -> list[Sample]:
         return self.format.read(self.data_cfg, split, self.skipped)
@@ -138,12 +152,12 @@ class Seq2SeqDataModule(L.LightningDataModule):
             if "train" not in samples:
                 raise ConfigError("tokenizers are built from the training split: prepare it first")
             train = samples["train"]
-            text_sources = [s for s, c in encoder_configs(self.cfg).items() if registry.get_plugin(c["name"]).input_kind == "text"]
+            text_sources = [s for s, c in self.encoders.items() if registry.get_plugin(c["name"]).input_kind == "text"]
             source_texts = [smp.sources[s] for smp in train for s in text_sources
                             if smp.sources.get(s) is not None] if text_sources else None
-            if source_texts is None and self._ctc_on_transcripts:  # the source tokenizer is the transcripts'
+            if source_texts is None and self.ctc_on_transcripts:  # the source tokenizer is the transcripts'
                 source_texts = [smp.transcript for smp in train if smp.transcript]
-            self.tokenizers = Tokenizers.build(self.cfg.tokenizer, source_texts, [smp.target for smp in train],
+            self.tokenizers = Tokenizers.build(self.tokenizer_cfg, source_texts, [smp.target for smp in train],
                                                where=self._describe("train", train))
         for split, split_samples in samples.items():
             self.splits[split] = self.dataset(split, split_samples)
@@ -153,7 +167,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
     def processors(self, train: bool) -> dict[str, registry.Processor]:
         return {
             source: registry.build_processor(c["name"], c, tokenizer=self.tokenizers, train=train)
-            for source, c in encoder_configs(self.cfg).items()
+            for source, c in self.encoders.items()
         }
 
     def _describe(self, split: str, samples: list[Sample]) -> str:
@@ -174,7 +188,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         processors = self.processors(train=(split == "train"))
         max_len = self.data_cfg.max_len
         kept, targets, sizes, ctc_targets = [], [], [], []
-        with_transcripts = self._ctc_on_transcripts and split != "test"  # the loss needs them; decoding does not
+        with_transcripts = self.ctc_on_transcripts and split != "test"  # the loss needs them; decoding does not
         for sample in samples:
             present = [n for n in processors if sample.sources.get(n) is not None]
             if not present:
@@ -215,12 +229,6 @@ class Seq2SeqDataModule(L.LightningDataModule):
         return Seq2SeqDataset(kept, targets, sizes, processors, skip_invalid=self.data_cfg.skip_invalid,
                               ctc_targets=ctc_targets if with_transcripts else None)
 
-    @property
-    def _ctc_on_transcripts(self) -> bool:
-        """An auxiliary CTC loss on the samples' source transcripts (loss.ctc_weight > 0, ctc_target=source)."""
-        weight, target = ctc_settings(self.cfg)
-        return bool(weight) and target == "source"
-
     def _world(self) -> tuple[int, int]:
         if self.trainer is not None:
             return self.trainer.world_size, self.trainer.global_rank
@@ -238,7 +246,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
                          len(dataset), self.data_cfg.min_batches_per_epoch)
         sampler = TokenBudgetBatchSampler(
             dataset.sizes, max_tokens=max_tokens or self.data_cfg.max_tokens,
-            max_sentences=self.data_cfg.max_sentences, shuffle=shuffle, seed=self.cfg.seed,
+            max_sentences=self.data_cfg.max_sentences, shuffle=shuffle, seed=self.seed,
             num_replicas=world, rank=rank,
         )
         workers = self.data_cfg.num_workers
