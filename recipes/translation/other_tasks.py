@@ -145,11 +145,11 @@ def tasks() -> dict[str, tuple]:
     return found
 
 
-def run(name: str, writer, src: str, tgt: str) -> dict:
+def run(name: str, writer, src: str, tgt: str, overrides: list[str]) -> dict:
     folder = writer()
     run_dir = REPO / "outputs" / "other-tasks" / f"translation-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     command = ["mmx-train", "recipe=translation/base", f"data.root={folder}", f"data.src_lang={src}",
-               f"data.tgt_lang={tgt}", "data.test=test", f"hydra.run.dir={run_dir}"]
+               f"data.tgt_lang={tgt}", "data.test=test", f"hydra.run.dir={run_dir}", *overrides]
     print("+", " ".join(command), flush=True)
     started = time.monotonic()
     subprocess.run(command, cwd=REPO, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -162,6 +162,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help="tasks to run (default: all)")
     parser.add_argument("--list", action="store_true", help="list the tasks and exit")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra mmx-train override, e.g. --set trainer.max_time=00:00:20:00 (repeatable)")
     args = parser.parse_args()
     available = tasks()
     if args.list:
@@ -169,7 +171,7 @@ def main() -> None:
         return
     rows = []
     for name in args.names or list(available):
-        results = run(name, *available[name])
+        results = run(name, *available[name], args.set)
         rows.append(f"| {name} | {results.get('test_bleu', float('nan')):.2f} | {results['global_step']} | "
                     f"{results['wall_seconds'] // 60} min {results['wall_seconds'] % 60:02d} s |")
         print(rows[-1], flush=True)
