@@ -31,11 +31,10 @@ TSV, a multisource TSV) gives "id<TAB>output", its target column optional.
 CHECKPOINT is model.pt, a Lightning .ckpt, or a run folder holding them."""
 
 
-def read_manifest(path: Path, cfg, source: str) -> list[tuple[str, object]]:
+def read_manifest(path: Path, fmt: registry.DataFormat, data_cfg, source: str) -> list[tuple[str, object]]:
     """(id, raw input) per sample of a manifest in the format the model was trained on (`data.format`), read
     by the same reader as training, rows without targets allowed."""
-    fmt = registry.get_data_format(cfg.data.format)
-    samples = fmt.read_file(path, cfg.data, SkipReport())
+    samples = fmt.read_file(path, data_cfg, SkipReport())
     return [(sample.id or sample.where, sample.sources[source]) for sample in samples if source in sample.sources]
 
 
@@ -63,7 +62,8 @@ def read_inputs(paths: list[str], plugin, cfg=None, source: str = "src") -> list
     """(where, raw input) pairs for the model's source `source`: lines of text files/stdin, or for path-based
     encoders file paths, folders (searched for the plugin's file types) and manifests of the model's data
     format."""
-    manifest = registry.get_data_format(cfg.data.format).manifest if cfg is not None and cfg.get("data") else None
+    fmt = registry.get_data_format(cfg.data.format) if cfg is not None and cfg.get("data") else None
+    manifest = fmt.manifest if fmt is not None else None
     items: list[tuple[str, object]] = []
     for given in paths or ["-"]:
         if plugin.input_kind == "text":
@@ -79,7 +79,7 @@ def read_inputs(paths: list[str], plugin, cfg=None, source: str = "src") -> list
                         raise DataError(f"{path}: no files ending in {', '.join(plugin.file_extensions)} in this folder")
                     items += [(str(p), str(p)) for p in found]
                 elif path.is_file() and manifest and path.suffix == manifest and manifest not in plugin.file_extensions:
-                    items += read_manifest(path, cfg, source)
+                    items += read_manifest(path, fmt, cfg.data, source)
                 elif path.is_file():
                     items.append((str(path), str(path)))
                 else:

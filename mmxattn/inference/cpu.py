@@ -25,6 +25,7 @@ architecture, a torch build without oneDNN) the layers fall back to row blocks a
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import torch
@@ -201,8 +202,6 @@ def apply_cpu(model: nn.Module) -> None:
 
 def fastest_single_row_kernel(layer: PackedLinear, repeats: int = 20) -> str:
     """The kernel that multiplies one row by `layer`'s weight fastest on this machine (best of `repeats`)."""
-    import time
-
     x = torch.randn(1, layer.in_features)
     best: dict[str, float] = {}
     with torch.inference_mode():
