@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections import Counter
 import struct
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -35,6 +36,7 @@ from torch import nn
 from mmxattn.context import Context
 from mmxattn.data.samples import check_not_folder
 from mmxattn.data.speech import FRAME_LENGTH_S, FRAME_SHIFT_S, fbank_frames, split_fairseq_path
+from mmxattn.data.summary import describe_counts, describe_values, read_headers, unreadable_lines
 from mmxattn.errors import ConfigError, DataError
 from mmxattn.layers import TransformerEncoder, sinusoidal_positions
 from mmxattn.registry import EncoderPlugin, Processor
@@ -226,6 +228,7 @@ class AudioProcessor(Processor):
     """path -> normalised features [frames, bins] (float32); collate pads them and builds the mask."""
 
     length_unit = "frames (10 ms)"  # what `length` counts, for messages about data.max_len
+    unit_seconds = FRAME_SHIFT_S
 
     def __init__(self, *, sample_rate: int = 16000, num_mel_bins: int = 80, cmvn: str = "utterance",
                  global_cmvn: str | None = None, specaugment: Mapping[str, Any] | None = None,
@@ -428,6 +431,33 @@ class AudioPlugin(EncoderPlugin):
             cmvn=cfg.get("cmvn", "utterance"), global_cmvn=cfg.get("global_cmvn"),
             specaugment=dict(specaugment) if specaugment else None, speed_perturb=cfg.get("speed_perturb"), train=train,
         )
+
+    def summarize_files(self, files: Sequence[str], cfg: Mapping[str, Any], *, sampled: str) -> list[str]:
+        """Durations, sample rates, channels and encodings from the audio headers (soundfile reads only them)."""
+        features = [f for f in files if Path(split_fairseq_path(f)[0]).suffix.lower() in (".npy", ".zip")]
+        audio = [f for f in files if f not in set(features)]
+
+        def header(raw: str) -> tuple[int, float, int, str]:
+            file, _, length = split_fairseq_path(raw)
+            info = sf.info(file)
+            frames = length if length is not None else info.frames
+            return info.samplerate, frames / info.samplerate, info.channels, f"{info.format} {info.subtype}"
+
+        facts, unreadable = read_headers(audio, header)
+        lines = []
+        if facts:
+            rates = Counter(f[0] for f in facts)
+            lines.append(f"    audio ({sampled}): duration in s {describe_values([f[1] for f in facts], 2)}")
+            lines.append(f"    sample rates: {describe_counts(Counter(f'{r} Hz' for r in rates.elements()))}; channels: "
+                         f"{describe_counts(Counter(f[2] for f in facts))}; {describe_counts(Counter(f[3] for f in facts), 3)}")
+            wanted = cfg.get("sample_rate")
+            if wanted and set(rates) - {int(wanted)}:
+                other = sum(n for r, n in rates.items() if r != int(wanted))
+                lines.append(f"    {other:,} of {len(facts):,} read are not at encoder.sample_rate={wanted}: resampled "
+                             "when loaded (costs time in every epoch; resample the files once to save it)")
+        if features:
+            lines.append(f"    precomputed features (.npy / .zip entries: no audio header): {len(features):,} of those sampled")
+        return lines + unreadable_lines(unreadable, len(files))
 
 
 plugin = AudioPlugin()

@@ -30,6 +30,7 @@ import logging
 import math
 import random
 import sys
+from collections import Counter
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +47,12 @@ from torch import nn
 from torchvision import transforms
 
 from mmxattn.context import Context
-
-from .views import ImageView, patch_grid
+from mmxattn.data.summary import describe_counts, describe_values, read_headers, unreadable_lines
 from mmxattn.errors import ConfigError, DataError
 from mmxattn.layers import sinusoidal_positions
 from mmxattn.registry import EncoderPlugin, Processor
+
+from .views import ImageView, patch_grid
 
 log = logging.getLogger(__name__)
 
@@ -824,6 +826,23 @@ class ImageTimmPlugin(EncoderPlugin):
         data_config = found.data_config
         return ImageProcessor(build_transform(data_config, geometry, augment), geometry, data_config["mean"],
                               data_config["std"])
+
+    def summarize_files(self, files: Sequence[str], cfg: Mapping[str, Any], *, sampled: str) -> list[str]:
+        """Sizes, aspect ratios, modes and formats from the image headers (PIL reads only them here)."""
+        def header(file: str) -> tuple[int, int, str, str]:
+            with Image.open(file) as image:
+                return image.size[0], image.size[1], image.mode, str(image.format)
+
+        images, unreadable = read_headers(files, header)
+        lines = []
+        if images:
+            sizes = Counter(f"{w}×{h}" for w, h, _, _ in images)
+            lines.append(f"    images ({sampled}): width {describe_values([i[0] for i in images])}")
+            lines.append(f"      height {describe_values([i[1] for i in images])}")
+            lines.append(f"      aspect ratio (w/h) {describe_values([i[0] / max(1, i[1]) for i in images], 2)}")
+            lines.append(f"      sizes: {describe_counts(sizes, 4)}; modes: {describe_counts(Counter(i[2] for i in images))}; "
+                         f"formats: {describe_counts(Counter(i[3] for i in images))}")
+        return lines + unreadable_lines(unreadable, len(files))
 
 
 plugin = ImageTimmPlugin()

@@ -120,33 +120,38 @@ class EncoderDecoder(nn.Module):
 
 
 def build_model(cfg, tokenizers) -> EncoderDecoder:
-    """From the `encoder` (or `encoders`: {source: encoder cfg}), `decoder` and `fusion` config sections."""
-    encoders = {
-        source: registry.build_encoder(enc_cfg["name"], enc_cfg, tokenizer=tokenizers)
-        for source, enc_cfg in encoder_configs(cfg).items()
-    }
-    dec = cfg["decoder"]
-    if dec["d_model"] % dec["num_heads"]:
+    """From a run config's model sections: `encoder` (or `encoders`: {source: encoder cfg}), `decoder`,
+    `fusion` and the CTC settings of `loss`; the rest of the config is not read."""
+    _, target = ctc.settings(cfg)
+    return build_encoder_decoder(encoder_configs(cfg), cfg["decoder"], tokenizers, fusion=cfg.get("fusion"),
+                                 ctc_vocab_size=ctc_vocab_size(cfg, tokenizers), ctc_target=target)
+
+
+def build_encoder_decoder(encoders: Mapping[str, Mapping], decoder: Mapping, tokenizers, *, fusion: Mapping | None = None,
+                          ctc_vocab_size: int | None = None, ctc_target: str = "target") -> EncoderDecoder:
+    """The model from its parts' configs: {source: encoder config (with the plugin `name`)}, the decoder
+    config (d_model, num_layers, num_heads, ffn_dim, dropout, tie_embeddings[, attn_dropout]), the
+    fusion config ({mode: concat | gated, gate_init}) and the CTC head's vocabulary size (None: no head)."""
+    built = {source: registry.build_encoder(enc["name"], enc, tokenizer=tokenizers) for source, enc in encoders.items()}
+    if decoder["d_model"] % decoder["num_heads"]:
         raise ConfigError(
-            f"decoder.d_model={dec['d_model']} is not divisible by decoder.num_heads={dec['num_heads']}; "
+            f"decoder.d_model={decoder['d_model']} is not divisible by decoder.num_heads={decoder['num_heads']}; "
             "change one of them (each head gets d_model / num_heads dimensions)"
         )
     options = dict(
-        vocab_size=len(tokenizers.target), d_model=dec["d_model"], num_layers=dec["num_layers"],
-        num_heads=dec["num_heads"], ffn_dim=dec["ffn_dim"], dropout=dec["dropout"],
-        attn_dropout=dec.get("attn_dropout", 0.0), tie_embeddings=dec["tie_embeddings"],
+        vocab_size=len(tokenizers.target), d_model=decoder["d_model"], num_layers=decoder["num_layers"],
+        num_heads=decoder["num_heads"], ffn_dim=decoder["ffn_dim"], dropout=decoder["dropout"],
+        attn_dropout=decoder.get("attn_dropout", 0.0), tie_embeddings=decoder["tie_embeddings"],
     )
-    fusion = cfg.get("fusion") or {}
+    fusion = fusion or {}
     mode = fusion.get("mode", "concat")
     if mode not in FUSION_MODES:
         raise ConfigError(f"fusion.mode={mode!r}; expected one of {', '.join(FUSION_MODES)}")
     if mode == "gated":  # each layer's cross-attention: one attention per source, each behind its own gate
-        sources, gate_init = list(encoders), float(fusion.get("gate_init", 0.0))
+        sources, gate_init = list(built), float(fusion.get("gate_init", 0.0))
         options["cross_attention"] = lambda: GatedCrossAttention(
-            dec["d_model"], dec["num_heads"], sources, dropout=options["attn_dropout"], gate_init=gate_init)
-    decoder = TransformerDecoder(**options)
-    return EncoderDecoder(encoders, decoder, ctc_vocab_size=ctc_vocab_size(cfg, tokenizers),
-                          ctc_target=ctc.settings(cfg)[1])
+            decoder["d_model"], decoder["num_heads"], sources, dropout=options["attn_dropout"], gate_init=gate_init)
+    return EncoderDecoder(built, TransformerDecoder(**options), ctc_vocab_size=ctc_vocab_size, ctc_target=ctc_target)
 
 
 def ctc_vocab_size(cfg, tokenizers) -> int | None:

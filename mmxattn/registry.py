@@ -51,6 +51,7 @@ class Processor:
     """
 
     length_unit: str = "positions"  # what `length` counts, for messages ("tokens", "frames (10 ms)", ...)
+    unit_seconds: float | None = None  # the duration of one `length` unit if it is one (10 ms frames: 0.01)
 
     def __call__(self, raw: Any) -> Any:
         raise NotImplementedError
@@ -86,6 +87,14 @@ class EncoderPlugin:
     def build_processor(self, cfg: Mapping[str, Any], *, tokenizer=None, train: bool = False) -> Processor:
         raise NotImplementedError
 
+    def summarize_files(self, files: Sequence[str], cfg: Mapping[str, Any], *, sampled: str) -> list[str]:
+        """Optional, for "path" plugins: `mmx-data`'s lines about a sample of this source's files, read from
+        their headers only (durations and sample rates, image sizes, feature shapes), each indented by four
+        spaces. `sampled` says which files these are ("headers of all 8 files") for the first line; `cfg` is
+        the encoder's config, to compare the files with (e.g. `sample_rate`). `mmxattn.data.summary` has the
+        helpers the built-in plugins use. The default says nothing."""
+        return []
+
 
 @dataclass(frozen=True)
 class PluginInfo:
@@ -100,7 +109,6 @@ class PluginInfo:
         return f"{self.value} from package '{self.package}' {self.version}".rstrip()
 
 
-
 @dataclass
 class DataFormat:
     """How one data set layout is read: `read(data_cfg, split, skipped) -> list[Sample]`.
@@ -111,10 +119,16 @@ class DataFormat:
               then reads a file of that kind in this format (`read_file`), so a model takes the manifests
               it was trained on. There the split is called "generate", and `data_cfg.for_generation` is
               true: a reader must then accept rows without a target (give them target "").
+    guess:    optional, for `mmx-data DIR`: `guess(root) -> mmxattn.data.guess.Guess | None`, the overrides
+              that select this format for the folder `root` if its files look like this format, else None.
+              Guesses are tried in `guess_order` (lower first), so that a narrower format (speech manifests: a
+              .tsv with an `audio` column) is tried before a broader one (any .tsv with a header).
     """
 
     read: Callable[..., list]
     manifest: str | None = None
+    guess: Callable[[Path], Any] | None = None
+    guess_order: int = 100
 
     def read_file(self, path: Path, data_cfg, skipped) -> list:
         """The samples of one manifest file in this format (`data.root` and the split name set from it)."""

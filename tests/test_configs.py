@@ -74,3 +74,16 @@ def test_recipes_open_with_the_command_that_runs_them():
 ])
 def test_best_checkpoint_follows_the_monitored_metric_direction(metrics, monitor, mode, expected):
     assert checkpoint_target(metrics, monitor, mode) == expected
+
+
+def test_a_model_builds_from_plain_section_dicts_without_a_run_config(tokenizers):
+    """Python users build a model from its parts' configs alone; build_model(cfg) reads only those sections."""
+    from mmxattn import build_encoder_decoder
+
+    encoder = {"name": "text", "d_model": 32, "num_layers": 1, "num_heads": 2, "ffn_dim": 64, "dropout": 0.0}
+    decoder = {"d_model": 32, "num_layers": 2, "num_heads": 2, "ffn_dim": 64, "dropout": 0.0, "tie_embeddings": True}
+    model = build_encoder_decoder({"src": encoder}, decoder, tokenizers)
+    from_config = build_model(OmegaConf.create({"encoder": encoder, "decoder": decoder}), tokenizers)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in from_config.state_dict().items()}
+    assert len(model.decoder.layers) == 2 and model.ctc_head is None
