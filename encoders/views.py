@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmxattn.plugin import ContextView
+from mmxattn.plugin import ContextView, clamp, heatmap, ticks
 
 IMAGE_PANEL_IN = 2.0  # width of one image panel, inches
 IMAGE_COLUMNS = 6
@@ -109,15 +109,11 @@ class SpectrogramView(ContextView):
         return [f"{i * per_position * self.seconds_per_frame:.2f}s" for i in range(n_positions)]
 
     def figure_size(self, n_targets: int, n_positions: int) -> tuple[float, float]:
-        from mmxattn.viz.plotting import clamp
-
         if self._empty():
             return super().figure_size(n_targets, n_positions)
         return clamp(3.0 + len(self.spectrogram) / 40, 6.0, 24.0), 1.2 + clamp(0.28 * n_targets, 1.0, 20.0) + 2.0
 
     def draw(self, fig, weights: np.ndarray, target_labels: list[str], title: str) -> None:
-        from mmxattn.viz.plotting import clamp, heatmap, ticks
-
         if self._empty():
             return super().draw(fig, weights, target_labels, title)
         spec = np.asarray(self.spectrogram)  # [frames, bins]

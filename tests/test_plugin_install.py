@@ -200,6 +200,14 @@ def test_template_modality_from_own_files_to_attention_maps(wheel_install, tmp_p
     work.mkdir()
     write_npy_dataset(work / "data", {"train": 120, "valid": 12, "test": 6})
 
+    # mmx-data recognises the folder through the plugin's DataFormat.guess and reads the .npy headers through
+    # its summarize_files, as it does for the built-in formats
+    report = run([bin_dir / "mmx-data", "data"], work, env)
+    assert ("mmx-train recipe=npy_features_base data.root=data data.train=train data.valid=valid data.test=test "
+            "encoder.feature_dim=4") in report, report
+    assert ".npy features (headers of all 120 files): frames min" in report, report
+    assert "features per frame: 4 ×120" in report, report
+
     run([bin_dir / "mmx-train", *NPY_RUN], work, env)  # the recipe ships in the plugin's config package
     assert (work / "run" / "model.pt").is_file() and (work / "run" / "test.hyp").is_file()
     config = OmegaConf.load(work / "run" / ".hydra" / "config.yaml")

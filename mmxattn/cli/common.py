@@ -1,7 +1,10 @@
-"""What every mmxattn command shares: logging setup and turning user errors into clean messages."""
+"""What every mmxattn command shares: logging setup and turning user errors into clean messages, and what
+the commands that read a trained model (mmx-generate, mmx-eval) share: their parser's head, decoding
+options and loading the model."""
 
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import os
@@ -31,6 +34,26 @@ def user_errors_exit(fn):
     return wrapper
 
 
+def checkpoint_parser(prog: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    """The parser of a command that reads a trained model: its examples (`epilog`) printed as written, and
+    the model as the first positional argument."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="model.pt, a .ckpt file, or a run folder")
+    return parser
+
+
+def load_model(args: argparse.Namespace):
+    """(model, tokenizers, cfg) of `args.checkpoint` on `args.device` with `args.backend`, after the setup a
+    command needs first: logging, and keeping freed memory in the process (mmxattn.cpu_allocator)."""
+    from ..checkpoint import load_for_inference
+    from ..cpu_allocator import keep_freed_memory
+
+    setup_logging()
+    keep_freed_memory()
+    return load_for_inference(args.checkpoint, args.device, args.backend)
+
+
 def add_generation_args(parser) -> None:
     """Decoding options shared by mmx-generate and mmx-eval; unset ones keep the checkpoint's `generation`."""
     g = parser.add_argument_group("decoding (defaults: the `generation` section of the model's config)")
@@ -57,6 +80,13 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def parse_with_generation_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """`argv` parsed by `parser` with the decoding options (`add_generation_args`) added last, so that
+    --help lists the command's own options before them."""
+    add_generation_args(parser)
+    return parser.parse_args(argv)
 
 
 def generation_config(defaults, args):

@@ -7,12 +7,10 @@ import json
 
 from omegaconf import OmegaConf
 
-from ..checkpoint import load_for_inference
-from ..cpu_allocator import keep_freed_memory
 from ..data.datamodule import Seq2SeqDataModule
 from ..errors import ConfigError
 from ..evaluate import score_split
-from .common import add_generation_args, generation_config, setup_logging, user_errors_exit
+from .common import checkpoint_parser, generation_config, load_model, parse_with_generation_args, user_errors_exit
 
 EPILOG = """examples:
   mmx-eval outputs/translation-quickstart/2026-01-01_12-00-00            # the run's own test split
@@ -24,25 +22,18 @@ key=value (OmegaConf dotlist). Prints each metric (sacreBLEU with its signature)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="mmx-eval", description="Score a trained mmxattn model on a test set.", epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("checkpoint", help="model.pt, a .ckpt file, or a run folder")
+    parser = checkpoint_parser("mmx-eval", "Score a trained mmxattn model on a test set.", EPILOG)
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.root=PATH data.test=PREFIX")
     parser.add_argument("--split", default="test", choices=["train", "valid", "test"], help="default: test")
     parser.add_argument("--hyp-out", help="also write the hypotheses to this file, one per line")
     parser.add_argument("--json", action="store_true", help="print metrics as JSON")
-    add_generation_args(parser)
-    return parser.parse_args(argv)
+    return parse_with_generation_args(parser, argv)
 
 
 @user_errors_exit
 def main(argv=None) -> None:
     args = parse_args(argv)
-    setup_logging()
-    keep_freed_memory()
-    model, tokenizers, cfg = load_for_inference(args.checkpoint, args.device, args.backend)
+    model, tokenizers, cfg = load_model(args)
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(args.overrides))
     except Exception as e:

@@ -9,12 +9,10 @@ from pathlib import Path
 import torch
 
 from .. import registry
-from ..checkpoint import load_for_inference
-from ..cpu_allocator import keep_freed_memory
 from ..data.samples import SkipReport, check_not_folder, decode_lines, read_lines
 from ..errors import DataError, MmxError
 from ..sources import encoder_configs
-from .common import add_generation_args, generation_config, setup_logging, user_errors_exit
+from .common import checkpoint_parser, generation_config, load_model, parse_with_generation_args, user_errors_exit
 
 EPILOG = """examples:
   mmx-generate outputs/translation-quickstart/2026-01-01_12-00-00 input.txt
@@ -88,23 +86,16 @@ def read_inputs(paths: list[str], plugin, cfg=None, source: str = "src") -> list
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="mmx-generate", description="Generate text with a trained mmxattn model.", epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("checkpoint", help="model.pt, a .ckpt file, or a run folder")
+    parser = checkpoint_parser("mmx-generate", "Generate text with a trained mmxattn model.", EPILOG)
     parser.add_argument("inputs", nargs="*", help="input files or folders; none or '-' = stdin")
     parser.add_argument("-o", "--output", help="write here instead of stdout")
-    add_generation_args(parser)
-    return parser.parse_args(argv)
+    return parse_with_generation_args(parser, argv)
 
 
 @user_errors_exit
 def main(argv=None) -> None:
     args = parse_args(argv)
-    setup_logging()
-    keep_freed_memory()
-    model, tokenizers, cfg = load_for_inference(args.checkpoint, args.device, args.backend)
+    model, tokenizers, cfg = load_model(args)
     sources = encoder_configs(cfg)
     if len(sources) != 1:
         raise MmxError(f"this model reads {len(sources)} sources ({', '.join(sources)}); mmx-generate takes one")

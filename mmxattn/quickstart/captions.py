@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Callable, Sequence
 
 from PIL import Image, ImageDraw
 
@@ -83,6 +84,40 @@ def make_scene(rng: random.Random, size: int = 96) -> tuple[Image.Image, list[st
     return image, _captions(objects, rng), key
 
 
+# make(rng, split) -> (image, its reference captions, a key that identifies its content)
+MakeImage = Callable[[random.Random, str], tuple[Image.Image, list[str], str]]
+
+
+def write_coco_splits(root: Path, make: MakeImage, counts: Sequence[tuple[str, int]], rng: random.Random, *,
+                      suffix: str = ".jpg", unseen: bool = True) -> None:
+    """For each (split, count), in that order: `count` images made by `make(rng, split)`, saved as
+    images/<split>/00001<suffix>, ... under root (JPEG at quality 92), and their references in
+    captions_<split>.json (COCO captions JSON; annotation ids run on across the splits).
+
+    With `unseen`, an image of a split other than train has a key no other image of it has, and no image
+    of a later split has it either: write the evaluation splits first to keep them out of training.
+    """
+    held_out: set[str] = set()
+    annotation_id = 0
+    for split, count in counts:
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        while len(images) < count:
+            image, captions, key = make(rng, split)
+            if unseen and key in held_out:
+                continue
+            if unseen and split != "train":
+                held_out.add(key)
+            image_id = len(images) + 1
+            file_name = f"{split}/{image_id:05d}{suffix}"
+            image.save(root / "images" / file_name, **({"quality": 92} if suffix == ".jpg" else {}))
+            images.append({"id": image_id, "file_name": file_name, "width": image.width, "height": image.height})
+            for caption in captions:
+                annotation_id += 1
+                annotations.append({"id": annotation_id, "image_id": image_id, "caption": caption})
+        (root / f"captions_{split}.json").write_text(json.dumps({"images": images, "annotations": annotations}))
+
+
 def write_captions(root: str | Path, *, train: int = 3000, valid: int = 200, test: int = 200, seed: int = 1234,
                    size: int = 96) -> Path:
     """Writes images and COCO captions JSON under root (once: an existing complete set is kept)."""
@@ -90,25 +125,7 @@ def write_captions(root: str | Path, *, train: int = 3000, valid: int = 200, tes
     description = f"synthetic-captions v1 seed={seed} train={train} valid={valid} test={test} size={size}"
     if stamp.begin(root, description):  # refuses a folder holding anything it did not write
         return root
-    rng = random.Random(seed)
-    evaluation: set[str] = set()  # scenes of valid/test: each unique, and none of them in training
-    annotation_id = 0
-    for split, count in (("test", test), ("valid", valid), ("train", train)):
-        (root / "images" / split).mkdir(parents=True, exist_ok=True)
-        images, annotations = [], []
-        while len(images) < count:
-            image, captions, key = make_scene(rng, size)
-            if key in evaluation:
-                continue
-            if split != "train":
-                evaluation.add(key)
-            image_id = len(images) + 1
-            file_name = f"{split}/{image_id:05d}.jpg"
-            image.save(root / "images" / file_name, quality=92)
-            images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
-            for caption in captions:
-                annotation_id += 1
-                annotations.append({"id": annotation_id, "image_id": image_id, "caption": caption})
-        (root / f"captions_{split}.json").write_text(json.dumps({"images": images, "annotations": annotations}))
+    splits = (("test", test), ("valid", valid), ("train", train))  # evaluation first: its scenes stay out of training
+    write_coco_splits(root, lambda rng, split: make_scene(rng, size), splits, random.Random(seed))
     stamp.finish(root, description)
     return root

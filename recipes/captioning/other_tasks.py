@@ -35,17 +35,18 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
-import os
 import random
-import subprocess
-import time
+import sys
 from pathlib import Path
 from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFont
 
-REPO = Path(__file__).resolve().parents[2]
+# run as a file (python recipes/captioning/other_tasks.py), so the runner it shares with the other recipes'
+# other_tasks.py is importable only with recipes/ on the path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from other_tasks_common import REPO, print_table, table_row, train, wall_time  # noqa: E402
+
 WORK = REPO / "data" / "other-tasks"
 
 DIGIT_WORDS = "zero one two three four five six seven eight nine".split()
@@ -152,29 +153,13 @@ TASKS: dict[str, tuple[Make, int, bool, str]] = {
 
 def write_task(name: str, seed: int = 7, evaluation: int = 150) -> Path:
     """Images under images/<split>/ and captions_<split>.json, as the quickstart lays them out (once)."""
+    from mmxattn.quickstart.captions import write_coco_splits
+
     make, train_size, unseen, suffix = TASKS[name]
     folder = WORK / name
-    if (folder / "captions_train.json").is_file():
-        return folder
-    rng = random.Random(seed)
-    held_out: set[str] = set()
-    annotation = 0
-    for split, size in (("test", evaluation), ("valid", evaluation), ("train", train_size)):
-        (folder / "images" / split).mkdir(parents=True, exist_ok=True)
-        images, annotations = [], []
-        while len(images) < size:
-            image, captions, key = make(rng, split)
-            if unseen and key in held_out:  # evaluation captions are unique and never trained on
-                continue
-            if unseen and split != "train":
-                held_out.add(key)
-            file_name = f"{split}/{len(images) + 1:05d}{suffix}"
-            image.save(folder / "images" / file_name, **({"quality": 92} if suffix == ".jpg" else {}))
-            images.append({"id": len(images) + 1, "file_name": file_name, "width": image.width, "height": image.height})
-            for caption in captions:
-                annotation += 1
-                annotations.append({"id": annotation, "image_id": len(images), "caption": caption})
-        (folder / f"captions_{split}.json").write_text(json.dumps({"images": images, "annotations": annotations}))
+    if not (folder / "captions_train.json").is_file():
+        write_coco_splits(folder, make, (("test", evaluation), ("valid", evaluation), ("train", train_size)),
+                          random.Random(seed), suffix=suffix, unseen=unseen)
     return folder
 
 
@@ -186,15 +171,8 @@ RECIPES = {
 
 
 def run(task: str, recipe: str) -> dict:
-    folder = write_task(task)
-    run_dir = REPO / "outputs" / "other-tasks" / f"captioning-{task}-{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
-    command = ["mmx-train", *RECIPES[recipe][:1], f"data.root={folder}", *RECIPES[recipe][1:], f"hydra.run.dir={run_dir}"]
-    print("+", " ".join(command), flush=True)
-    started = time.monotonic()
-    subprocess.run(command, cwd=REPO, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    results = json.loads((run_dir / "results.json").read_text())
-    results["wall_seconds"] = round(time.monotonic() - started)
-    return results
+    select, *others = RECIPES[recipe]  # recipe=..., then the overrides that follow data.root
+    return train(f"captioning-{task}-{recipe}", [select, f"data.root={write_task(task)}", *others])
 
 
 def main() -> None:
@@ -216,12 +194,11 @@ def main() -> None:
     for name in args.names or list(TASKS):
         for recipe in args.recipes:
             r = run(name, recipe)
-            seconds = r["wall_seconds"]
-            rows.append(f"| {name} | {recipe} | {r.get('test_cider', float('nan')):.1f} | {r.get('test_bleu', float('nan')):.2f} "
-                        f"| {r['global_step']} | {seconds // 60} min {seconds % 60:02d} s |")
+            cider, bleu = r.get("test_cider", float("nan")), r.get("test_bleu", float("nan"))
+            rows.append(table_row([name, recipe, f"{cider:.1f}", f"{bleu:.2f}", r["global_step"],
+                                   wall_time(r["wall_seconds"])]))
             print(rows[-1], flush=True)
-    print("\n| task | recipe | test CIDEr-D | test BLEU-4 | steps | wall time |\n| --- | --- | ---: | ---: | ---: | ---: |\n"
-          + "\n".join(rows))
+    print_table(["task", "recipe", "test CIDEr-D", "test BLEU-4", "steps", "wall time"], rows, left=2)
 
 
 if __name__ == "__main__":

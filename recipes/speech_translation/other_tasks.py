@@ -39,7 +39,11 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-REPO = Path(__file__).resolve().parents[2]
+# run as a file (python recipes/speech_translation/other_tasks.py), so the runner it shares with the other
+# recipes' other_tasks.py is importable only with recipes/ on the path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from other_tasks_common import REPO, print_table, table_row, wall_time  # noqa: E402
+
 DATA = REPO / "data" / "other-speech"
 
 # --- voices ----------------------------------------------------------------------------------------
@@ -319,12 +323,9 @@ def main(argv=None) -> None:
                 with open(args.json, "a") as f:
                     f.write(json.dumps(row) + "\n")
     if rows:
-        print("\n| task | recipe | overrides | test WER | test BLEU | exact | steps | wall |")
-        print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
-        for r in rows:
-            wall = f"{r['wall_s'] // 60} min {r['wall_s'] % 60:02d} s"
-            print(f"| {r['task']} | {r['recipe']} | {r['overrides'] or '-'} | {r.get('wer', 'failed')} | "
-                  f"{r.get('bleu', '-')} | {r.get('exact', '-')} | {r.get('steps', '-')} | {wall} |")
+        table = [table_row([r["task"], r["recipe"], r["overrides"] or "-", r.get("wer", "failed"), r.get("bleu", "-"),
+                            r.get("exact", "-"), r.get("steps", "-"), wall_time(r["wall_s"])]) for r in rows]
+        print_table(["task", "recipe", "overrides", "test WER", "test BLEU", "exact", "steps", "wall"], table, left=3)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
-import os
 import random
-import subprocess
-import time
+import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+# run as a file (python recipes/translation/other_tasks.py), so the runner it shares with the other recipes'
+# other_tasks.py is importable only with recipes/ on the path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from other_tasks_common import REPO, print_table, table_row, train, wall_time  # noqa: E402
+
 WORK = REPO / "data" / "other-tasks"
 MULTI30K = REPO.parent / "shared" / "data" / "multi30k"
 
@@ -146,16 +147,8 @@ def tasks() -> dict[str, tuple]:
 
 
 def run(name: str, writer, src: str, tgt: str, overrides: list[str]) -> dict:
-    folder = writer()
-    run_dir = REPO / "outputs" / "other-tasks" / f"translation-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    command = ["mmx-train", "recipe=translation/base", f"data.root={folder}", f"data.src_lang={src}",
-               f"data.tgt_lang={tgt}", "data.test=test", f"hydra.run.dir={run_dir}", *overrides]
-    print("+", " ".join(command), flush=True)
-    started = time.monotonic()
-    subprocess.run(command, cwd=REPO, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    results = json.loads((run_dir / "results.json").read_text())
-    results["wall_seconds"] = round(time.monotonic() - started)
-    return results
+    return train(f"translation-{name}", ["recipe=translation/base", f"data.root={writer()}", f"data.src_lang={src}",
+                                         f"data.tgt_lang={tgt}", "data.test=test", *overrides])
 
 
 def main() -> None:
@@ -172,10 +165,10 @@ def main() -> None:
     rows = []
     for name in args.names or list(available):
         results = run(name, *available[name], args.set)
-        rows.append(f"| {name} | {results.get('test_bleu', float('nan')):.2f} | {results['global_step']} | "
-                    f"{results['wall_seconds'] // 60} min {results['wall_seconds'] % 60:02d} s |")
+        rows.append(table_row([name, f"{results.get('test_bleu', float('nan')):.2f}", results["global_step"],
+                               wall_time(results["wall_seconds"])]))
         print(rows[-1], flush=True)
-    print("\n| task | test sacreBLEU | steps | wall time |\n| --- | ---: | ---: | ---: |\n" + "\n".join(rows))
+    print_table(["task", "test sacreBLEU", "steps", "wall time"], rows)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ that puts both together is conf/recipe/npy_features_base.yaml.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -27,7 +28,8 @@ import torch
 from torch import nn
 
 from mmxattn.plugin import (ConfigError, Context, ContextView, DataError, EncoderPlugin, Processor,
-                            TransformerEncoder, sinusoidal_positions)
+                            TransformerEncoder, clamp, colorbar, describe_counts, describe_values, heatmap,
+                            read_headers, sinusoidal_positions, ticks, unreadable_lines)
 
 FEATURE_EXTENSIONS = (".npy",)
 
@@ -153,10 +155,6 @@ class FeatureEncoder(nn.Module):
 # The picture for mmx-attend
 
 
-def _clamp(value: float, low: float, high: float) -> float:
-    return max(low, min(high, value))
-
-
 @dataclass
 class FeatureView(ContextView):
     """A feature matrix [frames, features] under the context positions: the attention heatmap drawn above
@@ -185,13 +183,13 @@ class FeatureView(ContextView):
         if self._empty():
             return super().figure_size(n_targets, n_positions)
         frames, features = np.shape(self.features)
-        heatmap, matrix = self._heights(n_targets, features)
-        return _clamp(3.0 + 0.12 * frames, 6.0, 24.0), 1.4 + heatmap + matrix  # + titles and axis labels
+        heatmap_height, matrix_height = self._heights(n_targets, features)
+        return clamp(3.0 + 0.12 * frames, 6.0, 24.0), 1.4 + heatmap_height + matrix_height  # + titles and axis labels
 
     @staticmethod
     def _heights(n_targets: int, n_features: int) -> tuple[float, float]:
         """Inches of the heatmap (one row per generated token) and of the feature matrix."""
-        return _clamp(0.28 * n_targets, 1.0, 20.0), _clamp(0.15 * n_features, 1.0, 6.0)
+        return clamp(0.28 * n_targets, 1.0, 20.0), clamp(0.15 * n_features, 1.0, 6.0)
 
     def draw(self, fig, weights: np.ndarray, target_labels: list[str], title: str) -> None:
         if self._empty():
@@ -201,16 +199,14 @@ class FeatureView(ContextView):
         covered = weights.shape[1] * self.frames_per_position  # frames the positions span (≥ frames)
         top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=self._heights(len(target_labels), n_features))
         # row t: what generated token t read, each position drawn over the frames it covers
-        image = top.imshow(weights, cmap="viridis", vmin=0.0, vmax=max(float(weights.max()), 1e-6), aspect="auto",
-                           interpolation="nearest", extent=(0, covered, len(target_labels) - 0.5, -0.5))
-        step = max(1, math.ceil(len(target_labels) / 60))
-        top.set_yticks(range(0, len(target_labels), step), target_labels[::step], fontsize=8)
+        image = heatmap(top, weights, extent=(0, covered, len(target_labels) - 0.5, -0.5))
+        ticks(top, "y", target_labels, max_ticks=60)
         top.set_ylabel("generated")
         top.set_title(title, fontsize=9)
-        fig.colorbar(image, ax=top, fraction=0.04, pad=0.02, label="attention")
+        colorbar(fig, image, top, label="attention")
         shown = bottom.imshow(features.T, origin="lower", aspect="auto", cmap="magma", interpolation="nearest",
                               extent=(0, frames, -0.5, n_features - 0.5))
-        fig.colorbar(shown, ax=bottom, fraction=0.04, pad=0.02, label="value")
+        colorbar(fig, shown, bottom, label="value")
         bottom.set_xlim(0, frames)
         bottom.set_ylabel("feature")
         bottom.set_xlabel("frame")
@@ -244,6 +240,20 @@ class FeaturePlugin(EncoderPlugin):
     def build_processor(self, cfg: Mapping[str, Any], *, tokenizer=None, train: bool = False) -> FeatureProcessor:
         return FeatureProcessor(feature_dim=_int_at_least(cfg, "feature_dim"),
                                 subsample=_int_at_least(cfg, "subsample") if "subsample" in cfg else 1)
+
+    def summarize_files(self, files: Sequence[str], cfg: Mapping[str, Any], *, sampled: str) -> list[str]:
+        """`mmx-data`: frames and feature sizes from the .npy headers (mmap_mode reads no frames)."""
+        shapes, unreadable = read_headers(files, lambda f: np.load(f, mmap_mode="r").shape)
+        lines = []
+        if shapes:
+            lines.append(f"    .npy features ({sampled}): frames {describe_values([s[0] for s in shapes])}")
+            sizes = [s[-1] if len(s) == 2 else f"shape {s}" for s in shapes]
+            lines.append(f"      features per frame: {describe_counts(Counter(sizes))}")
+            wrong = sum(1 for size in sizes if size != cfg.get("feature_dim"))
+            if wrong:
+                lines.append(f"      {wrong:,} of {len(shapes):,} read do not have encoder.feature_dim={cfg.get('feature_dim')} "
+                             "features per frame: training stops at the first (set encoder.feature_dim to theirs)")
+        return lines + unreadable_lines(unreadable, len(files))
 
 
 plugin = FeaturePlugin()

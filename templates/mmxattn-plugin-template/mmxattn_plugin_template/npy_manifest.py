@@ -14,13 +14,18 @@ The entry point registers `npy_manifest` (a `DataFormat`) with `manifest=".tsv"`
 file.tsv` then reads such a file with this same reader, as split "generate" with `data.for_generation`
 true, where the `text` column may be missing or empty. Every problem names the manifest's file:line; with
 `data.skip_invalid=true` a bad row is dropped and counted instead (`skipped.add(reason, where)`).
+
+`guess_npy_manifest` lets `mmx-data DIR` recognise such a folder and print the overrides that train on it,
+`encoder.feature_dim` read from the first .npy file's header.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from mmxattn.plugin import ConfigError, DataError, DataFormat, Sample, SkipReport, read_lines
+import numpy as np
+
+from mmxattn.plugin import ConfigError, DataError, DataFormat, Guess, Sample, SkipReport, read_lines, splits_of
 
 FEATURES, TEXT, ID = "features", "text", "id"
 HEADER = f"{ID}\\t{FEATURES}\\t{TEXT}"
@@ -103,4 +108,35 @@ def read_npy_manifest(data_cfg, split: str, skipped: SkipReport) -> list[Sample]
     return samples
 
 
-npy_manifest = DataFormat(read_npy_manifest, manifest=".tsv")  # the object the entry point names
+def _header(path: Path) -> list[str]:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return [c.strip() for c in f.readline().rstrip("\r\n").split("\t")]
+
+
+def guess_npy_manifest(root: Path) -> Guess | None:
+    """`mmx-data DIR`: a folder of manifests whose header has `features` and `text` columns is ours."""
+    ours = [p.stem for p in sorted(root.glob("*.tsv")) if {FEATURES, TEXT} <= set(_header(p))]
+    splits = splits_of(ours)
+    if "train" not in splits:
+        return None
+    overrides = ["recipe=npy_features_base", f"data.root={root}"] + [f"data.{k}={v}" for k, v in splits.items()]
+    notes = []
+    if "valid" not in splits:
+        overrides.append("data.valid=null")
+    manifest = root / f"{splits['train']}.tsv"
+    header = _header(manifest)
+    with open(manifest, encoding="utf-8", errors="replace") as f:
+        rows = [line.rstrip("\r\n").split("\t") for line in f.readlines()[1:2]]
+    if rows and len(rows[0]) > header.index(FEATURES):
+        file = Path(rows[0][header.index(FEATURES)].strip())
+        try:  # the header only: mmap_mode reads no frames
+            shape = np.load(file if file.is_absolute() else root / file, mmap_mode="r").shape
+            overrides.append(f"encoder.feature_dim={shape[-1]}")
+        except (OSError, ValueError, IndexError) as e:
+            notes.append(f"could not read {file} for encoder.feature_dim ({e}); set encoder.feature_dim=F")
+    return Guess("npy_manifest manifests (.npy features per row)", overrides, notes)
+
+
+# the object the entry point names; tried before mmxattn's own multisource_tsv guess (order 20), which
+# would take any TSV with a header
+npy_manifest = DataFormat(read_npy_manifest, manifest=".tsv", guess=guess_npy_manifest, guess_order=15)
