@@ -9,6 +9,7 @@ the batch, so they stop costing compute. `decoder` is anything with the decoder'
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Sequence
 
 import torch
 
@@ -56,21 +57,32 @@ class Hypothesis:
 
 @torch.no_grad()
 def generate(decoder: TransformerDecoder, context: Context, cfg: GenerationConfig,
-             ctc_head: torch.nn.Module | None = None) -> list[list[Hypothesis]]:
+             ctc_head: torch.nn.Module | None = None, prompt: Sequence[int] = ()) -> list[list[Hypothesis]]:
     """For each of the B sources in `context`, its hypotheses (best first; nbest of them for beam).
 
     ctc_head: a CTC head over the target vocabulary (`EncoderDecoder.ctc_head`); with cfg.ctc_weight > 0 a beam
     search's finished hypotheses are rescored with it (`rescore_with_ctc`).
+    prompt: token ids the decoder reads after BOS before it writes (a multitask model's task tags); they are
+    given, not chosen: not scored, not counted in max_len or the length penalty, not in the hypotheses.
     """
     if cfg.strategy == "beam":
         if cfg.ctc_weight and ctc_head is not None:
-            return rescore_with_ctc(beam_search(decoder, context, replace(cfg, nbest=cfg.beam_size)), context,
-                                    ctc_head, cfg)
-        return beam_search(decoder, context, cfg)
+            return rescore_with_ctc(beam_search(decoder, context, replace(cfg, nbest=cfg.beam_size), prompt),
+                                    context, ctc_head, cfg)
+        return beam_search(decoder, context, cfg, prompt)
     generator = None
     if cfg.strategy == "sample" and cfg.seed is not None:
         generator = torch.Generator(device=context.states.device).manual_seed(cfg.seed)
-    return [[h] for h in _decode_one_per_row(decoder, context, cfg, generator)]
+    return [[h] for h in _decode_one_per_row(decoder, context, cfg, generator, prompt)]
+
+
+def _read_prompt(decoder, state, rows: int, prompt: Sequence[int], device) -> torch.Tensor:
+    """The first decoder input [rows, 1]: BOS, or with a prompt its last tag, once BOS and the tags before it
+    have been read one step each (their predictions are not used: the prompt is given)."""
+    prefix = [BOS, *prompt]
+    for token in prefix[:-1]:
+        decoder.step(torch.full((rows, 1), token, dtype=torch.long, device=device), state)
+    return torch.full((rows, 1), prefix[-1], dtype=torch.long, device=device)
 
 
 def _constrain(logp: torch.Tensor, step: int, cfg: GenerationConfig) -> torch.Tensor:
@@ -100,16 +112,16 @@ def _filter_logits(logits: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
     return logits
 
 
-def _decode_one_per_row(decoder, context, cfg, generator) -> list[Hypothesis]:
+def _decode_one_per_row(decoder, context, cfg, generator, prompt: Sequence[int] = ()) -> list[Hypothesis]:
     """Greedy or sampling: one hypothesis per source; finished rows leave the batch."""
     b = context.states.shape[0]
     device = context.states.device
-    state = decoder.start(context, capacity=min(cfg.max_len, 64))
+    state = decoder.start(context, capacity=min(cfg.max_len, 64) + len(prompt))
     out = torch.full((b, cfg.max_len), EOS, dtype=torch.long, device=device)
     scores = torch.zeros(b, device=device)
     lengths = torch.full((b,), cfg.max_len, dtype=torch.long, device=device)
     active = torch.arange(b, device=device)  # original row of each live row
-    tokens = torch.full((b, 1), BOS, dtype=torch.long, device=device)
+    tokens = _read_prompt(decoder, state, b, prompt, device)
     for step in range(cfg.max_len):
         logits = decoder.step(tokens, state)[0][:, -1].float()  # [n, V]
         logp = _constrain(logits.log_softmax(-1), step, cfg)
@@ -133,12 +145,13 @@ def _decode_one_per_row(decoder, context, cfg, generator) -> list[Hypothesis]:
     return [Hypothesis(out[i, : lengths[i]].tolist(), float(scores[i])) for i in range(b)]
 
 
-def beam_search(decoder: TransformerDecoder, context: Context, cfg: GenerationConfig) -> list[list[Hypothesis]]:
+def beam_search(decoder: TransformerDecoder, context: Context, cfg: GenerationConfig,
+                prompt: Sequence[int] = ()) -> list[list[Hypothesis]]:
     """Batched beam search (fairseq-style): a source is done once it has `beam_size` finished hypotheses."""
     b, k = context.states.shape[0], cfg.beam_size
     device = context.states.device
     # K/V per source, shared by its beams
-    state = decoder.start(context, capacity=min(cfg.max_len, 64), rows=b * k)
+    state = decoder.start(context, capacity=min(cfg.max_len, 64) + len(prompt), rows=b * k)
     finished: list[list[Hypothesis]] = [[] for _ in range(b)]
     n_finished = torch.zeros(b, dtype=torch.long, device=device)
     active = torch.arange(b, device=device)  # original source of each live source
@@ -146,7 +159,9 @@ def beam_search(decoder: TransformerDecoder, context: Context, cfg: GenerationCo
     beam_scores = torch.full((b, k), float("-inf"), device=device)
     beam_scores[:, 0] = 0
     beam_scores = beam_scores.view(-1)  # [n = b*k]
-    seqs = torch.full((b * k, 1), BOS, dtype=torch.long, device=device)  # [n, t]
+    given = 1 + len(prompt)  # BOS and the prompt: the first `given` tokens of every sequence
+    seqs = torch.tensor([BOS, *prompt], dtype=torch.long, device=device).repeat(b * k, 1)  # [n, t]
+    _read_prompt(decoder, state, b * k, prompt, device)
     for step in range(cfg.max_len):
         logits = decoder.step(seqs[:, -1:], state)[0][:, -1].float()  # [n, V]
         logp = _constrain(logits.log_softmax(-1), step, cfg)
@@ -165,7 +180,7 @@ def beam_search(decoder: TransformerDecoder, context: Context, cfg: GenerationCo
                 row = src_row * k + int(parent[src_row, c])
                 length = step + 1  # generated tokens, EOS included
                 finished[src].append(
-                    Hypothesis(seqs[row, 1:].tolist(), float(top_scores[src_row, c]) / length**cfg.length_penalty)
+                    Hypothesis(seqs[row, given:].tolist(), float(top_scores[src_row, c]) / length**cfg.length_penalty)
                 )
                 n_finished[src] += 1
 

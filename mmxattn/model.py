@@ -14,7 +14,7 @@ Inputs are {source name: that encoder's collated batch}. A source may be missing
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -105,10 +105,11 @@ class EncoderDecoder(nn.Module):
         return logits, self.ctc_head(context.states), context.mask
 
     @torch.no_grad()
-    def generate(self, inputs: Mapping[str, Mapping[str, torch.Tensor]],
-                 config: GenerationConfig | None = None) -> list[list[Hypothesis]]:
+    def generate(self, inputs: Mapping[str, Mapping[str, torch.Tensor]], config: GenerationConfig | None = None,
+                 prompt: Sequence[int] = ()) -> list[list[Hypothesis]]:
         """The one way to decode: encode `inputs` ({source: collated batch}) once, then search with `config`
-        (greedy, beam or sampling); per sample its hypotheses, best first."""
+        (greedy, beam or sampling); per sample its hypotheses, best first. `prompt`: the task's tag ids for a
+        multitask model (`batch["prompt"]` of its loaders), read by the decoder after BOS."""
         config = config or GenerationConfig()
         scorer = self.ctc_head if self.ctc_target == "target" else None
         if config.ctc_weight and config.strategy == "beam" and scorer is None and not self._warned_no_scorer:
@@ -116,7 +117,7 @@ class EncoderDecoder(nn.Module):
             log.warning("generation.ctc_weight=%s is ignored: it rescores with a CTC head over the target vocabulary, "
                         "and this model has none (trained with loss.ctc_weight=0 or loss.ctc_target=source)",
                         config.ctc_weight)
-        return generate(self.decoder, self.encode(inputs), config, ctc_head=scorer)
+        return generate(self.decoder, self.encode(inputs), config, ctc_head=scorer, prompt=prompt)
 
 
 def build_model(cfg, tokenizers) -> EncoderDecoder:

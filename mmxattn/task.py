@@ -81,7 +81,8 @@ class Seq2SeqTask(L.LightningModule):
         """
         target_out = batch["target_out"]  # [B, T]
         ntokens = (target_out != IGNORE).sum()
-        if self.ctc_weight:
+        with_ctc = bool(self.ctc_weight) and batch.get("ctc", True)  # a multitask batch says if its task has CTC
+        if with_ctc:
             logits, ctc_logits, ctc_mask = self.model(batch["inputs"], batch["target_in"], with_ctc=True)
         else:
             logits = self.model(batch["inputs"], batch["target_in"])  # [B, T, V]
@@ -89,7 +90,8 @@ class Seq2SeqTask(L.LightningModule):
             logits.flatten(0, 1).float(), target_out.flatten(), ignore_index=IGNORE,
             label_smoothing=self.label_smoothing, reduction="sum",
         )
-        if self.ctc_weight:
+        self.last_ctc = None
+        if with_ctc:
             targets, lengths = self._ctc_targets(batch)  # [B, L], [B]
             ctc_sum, too_short = ctc.ctc_loss(ctc_logits, ctc_mask, targets, lengths)
             if self.training:
@@ -121,7 +123,7 @@ class Seq2SeqTask(L.LightningModule):
         mean = loss_sum.detach() / ntokens.clamp(min=1)
         self.log("train/loss", mean, prog_bar=True, batch_size=int(batch["target_in"].shape[0]))
         self.log("train/tokens", ntokens.float(), reduce_fx="sum", batch_size=1)
-        if self.ctc_weight:
+        if self.last_ctc is not None:
             self.log("train/ctc", self.last_ctc / ntokens.clamp(min=1), batch_size=int(batch["target_in"].shape[0]))
         self.last_train_loss = (loss_sum.detach(), ntokens)
         return loss_sum / self._loss_unit
@@ -192,7 +194,7 @@ class Seq2SeqTask(L.LightningModule):
             return
         loss, ntokens = self._loss(batch)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=int(batch["target_in"].shape[0]))
-        if self.ctc_weight:
+        if self.last_ctc is not None:
             self.log("val/ctc", self.last_ctc / ntokens.clamp(min=1), sync_dist=True,
                      batch_size=int(batch["target_in"].shape[0]))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import sentencepiece as spm
 
@@ -41,10 +41,11 @@ class Tokenizer:
     @classmethod
     def train(
         cls, sentences: Iterable[str], *, vocab_size: int, model_type: str = "unigram", character_coverage: float = 1.0,
-        where: str = "the training text",
+        where: str = "the training text", symbols: Sequence[str] = (),
     ) -> "Tokenizer":
         """A model trained on `sentences`; `where` names their files for the errors (an empty text makes
-        SentencePiece fail with an internal RuntimeError that says nothing about the data)."""
+        SentencePiece fail with an internal RuntimeError that says nothing about the data). `symbols` become
+        pieces of their own, never split or merged (multitask prompt tags such as <translate>)."""
         sentences = [s for s in sentences if s.strip()]
         if not sentences:
             raise DataError(f"{where}: there is no training text to train the tokenizer on (no non-empty line). "
@@ -61,6 +62,7 @@ class Tokenizer:
                 hard_vocab_limit=False,  # a tiny corpus may not support the requested size
                 num_threads=1,  # deterministic: every DDP rank trains the same model
                 minloglevel=2,
+                **({"user_defined_symbols": list(symbols)} if symbols else {}),
             )
         except RuntimeError as e:
             raise DataError(f"{where}: SentencePiece cannot train a tokenizer on this text ({e}); check the "
@@ -81,6 +83,11 @@ class Tokenizer:
 
     def pieces(self, ids: Iterable[int]) -> list[str]:
         return [self.sp.id_to_piece(int(i)) for i in ids]
+
+    def symbol_id(self, symbol: str) -> int | None:
+        """The id of a piece that is exactly `symbol` (a prompt tag), None if the model has no such piece."""
+        i = self.sp.piece_to_id(symbol)
+        return None if i == UNK or self.sp.id_to_piece(i) != symbol else i
 
 
 class Tokenizers:
@@ -107,16 +114,18 @@ class Tokenizers:
 
     @classmethod
     def build(cls, cfg, source_texts: list[str] | None, target_texts: list[str],
-              where: str = "the training split") -> "Tokenizers":
+              where: str = "the training split", symbols: Sequence[str] = ()) -> "Tokenizers":
         """From `tokenizer` config: load model files where given, else train on the training text.
 
         source_texts is None when the source is not text (images, audio): only a target model is built.
-        `where` names the training files, for the error when a side has no text.
+        `where` names the training files, for the error when a side has no text. `symbols` (prompt tags) are
+        pieces of their own in a trained target model.
         """
         def make(path, texts, vocab_size, side):
             if path:
                 return Tokenizer.load(path)
-            return Tokenizer.train(texts, vocab_size=vocab_size, model_type=cfg.model_type, where=f"{where} ({side})")
+            return Tokenizer.train(texts, vocab_size=vocab_size, model_type=cfg.model_type, where=f"{where} ({side})",
+                                   symbols=symbols if side != "sources" else ())
 
         if source_texts is None:
             return cls(make(cfg.model, target_texts, cfg.vocab_size, "targets"))

@@ -32,9 +32,9 @@ from omegaconf import DictConfig, OmegaConf
 from .checkpoint import AtomicCheckpointIO, LastCheckpoint, export_model, load_checkpoint_file, verify_checkpoint_file
 from .config_checks import check_config
 from . import quickstart
-from .data.datamodule import Seq2SeqDataModule
+from .data.multitask import datamodule_from_config, is_multitask, task_specs
 from .errors import ConfigError, TrainingInterrupted
-from .evaluate import score_split
+from .evaluate import decode_split, score_split
 from .generation import GenerationConfig
 from .metrics import checkpoint_target
 from .model import EncoderDecoder, build_model
@@ -43,7 +43,7 @@ from .training.cpu_speedups import apply_cpu_speedups
 from .training.metadata import CheckpointMetadata
 from .training.rng import RngState
 from .training.trace import TraceData
-from .training.validation import ValidationDecoding
+from .training.validation import ValidationDecoding, mean_score, score_tasks
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +79,18 @@ def _launch_environment(cfg: DictConfig):
                 os.environ[key] = value
 
 
-def build_strategy(trainer_cfg: dict):
-    """`trainer.strategy` is a Lightning name ("ddp") or a `_target_` mapping (an FSDPStrategy with options)."""
+def build_strategy(trainer_cfg: dict, multitask: bool = False):
+    """`trainer.strategy` is a Lightning name ("ddp") or a `_target_` mapping (an FSDPStrategy with options).
+
+    A multitask batch uses only its task's encoders, so the others get no gradient in that step: plain DDP
+    would wait for them forever, and runs with find_unused_parameters instead."""
     strategy = trainer_cfg.get("strategy", "auto")
     if isinstance(strategy, dict) and "_target_" in strategy:
         from hydra.utils import instantiate
 
         return instantiate(strategy, _convert_="object")
+    if multitask and strategy in ("ddp", "ddp_spawn"):
+        return f"{strategy}_find_unused_parameters_true"
     return strategy
 
 
@@ -143,6 +148,8 @@ def _recipe_in_use() -> str:
 def _resolve_checkpoint_target(cfg: DictConfig) -> None:
     """Fill checkpoint.monitor/mode left null, before the config is saved with checkpoints (mmx-average reads them)."""
     ckpt = cfg.checkpoint
+    if is_multitask(cfg) and not ckpt.monitor:  # the mean of every task's first metric (training/validation.py)
+        ckpt.monitor, ckpt.mode = "val/score", ckpt.mode or "max"
     ckpt.monitor, ckpt.mode = checkpoint_target(cfg.eval.metrics, ckpt.monitor, ckpt.mode)
 
 
@@ -215,19 +222,21 @@ def train(cfg: DictConfig) -> dict:
     if not ckpt_path and cfg.ckpt_path != "auto":
         _refuse_a_used_run_folder(output_dir)
     L.seed_everything(cfg.seed, workers=True)
-    if cfg.data.get("synthetic"):
-        quickstart.write(cfg.data.synthetic, cfg.data.root, seed=cfg.seed, asked_by=f"recipe={_recipe_in_use()}")
+    for data in [cfg.data] + [t.data for t in (task_specs(cfg).values() if is_multitask(cfg) else [])]:
+        if data.get("synthetic"):
+            quickstart.write(data.synthetic, data.root, seed=cfg.seed, asked_by=f"recipe={_recipe_in_use()}")
     _resolve_checkpoint_target(cfg)
     if ckpt_path:
         _keep_metrics_history(output_dir)
 
-    datamodule = Seq2SeqDataModule.from_config(cfg)
+    datamodule = datamodule_from_config(cfg)
     datamodule.prepare(("train", "valid"))
     model = build_model(cfg, datamodule.tokenizers)
     if cfg.get("cpu_speedups") and cfg.trainer.get("accelerator") == "cpu":
         apply_cpu_speedups(model)  # plain nn.Dropout in the model; a cheaper mask drawn on CPUs
     task = build_task(cfg, model)
-    validation = ValidationDecoding.from_config(cfg.eval, datamodule.tokenizers.target)  # checks eval.metrics
+    tasks = {name: spec.metrics for name, spec in task_specs(cfg).items()} if is_multitask(cfg) else None
+    validation = ValidationDecoding.from_config(cfg.eval, datamodule.tokenizers.target, tasks)  # checks the metrics
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %.2fM parameters; data: %d train / %d valid samples; vocab %d",
              n_params / 1e6, len(datamodule.splits["train"]), len(datamodule.splits["valid"]), len(datamodule.tokenizers.target))
@@ -257,7 +266,7 @@ def train(cfg: DictConfig) -> dict:
         last,
     ]
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_args["strategy"] = build_strategy(trainer_args)
+    trainer_args["strategy"] = build_strategy(trainer_args, multitask=is_multitask(cfg))
     trainer = L.Trainer(
         **trainer_args,
         default_root_dir=output_dir,
@@ -291,9 +300,21 @@ def train(cfg: DictConfig) -> dict:
     export_model(output_dir / "model.pt", model, datamodule.tokenizers, cfg)
     datamodule.tokenizers.target.save(output_dir / "tokenizer.model")
     for name, score in val_scores.items():
-        results[f"val_{name}"] = score.value
+        results[f"val_{name.replace('/', '_')}"] = score.value
 
-    if cfg.data.get("test"):
+    if tasks and all(spec.data.get("test") for spec in task_specs(cfg).values()):
+        datamodule.prepare(("test",))
+        hyps = decode_split(model, datamodule, "test", GenerationConfig(**cfg.generation))
+        dataset = datamodule.splits["test"]
+        scores = score_tasks(tasks, list(enumerate(hyps)), dataset.samples, dataset.task_of)
+        for task in tasks:
+            mine = [h for i, h in enumerate(hyps) if dataset.task_of(i) == task]
+            (output_dir / f"test.{task}.hyp").write_text("".join(h + "\n" for h in mine), encoding="utf-8")
+        for name, score in scores.items():
+            log.info("test %s (%s): %s", name.split("/")[0], cfg.generation.strategy, score)
+            results[f"test_{name.replace('/', '_')}"] = score.value
+        results["test_score"] = mean_score(tasks, scores)
+    elif not tasks and cfg.data.get("test"):
         datamodule.prepare(("test",))
         scores, hyps = score_split(model, datamodule, "test", GenerationConfig(**cfg.generation), cfg.eval.metrics)
         (output_dir / "test.hyp").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")

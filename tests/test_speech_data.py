@@ -284,7 +284,7 @@ def test_quickstart_recipe_trains_and_mmx_generate_reads_audio(corpus, tmp_path,
     bad.write_text("id\tn_frames\nx\t10\n")
     model_cfg = load_for_inference(tmp_path / "run", backend="eager")[2]
     with pytest.raises(DataError, match=r"bad.tsv:1: the header lacks column\(s\) audio"):
-        generate_cli.read_inputs([str(bad)], get_plugin("audio"), model_cfg, "src")
+        generate_cli.read_inputs([str(bad)], get_plugin("audio"), model_cfg.data, "src")
 
 
 def test_speech_base_recipe_trains_a_few_steps_with_ctc(corpus, tmp_path):

@@ -57,9 +57,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--layer", type=layer_or_head, default="mean", help="decoder layer to show, or mean (default)")
     parser.add_argument("--head", type=layer_or_head, default="mean", help="attention head to show, or mean (default)")
     parser.add_argument("--top", type=int, default=3, help="context positions listed per token in NAME.txt (default 3)")
+    parser.add_argument("--task", help="for a model trained on several tasks: which one to ask for")
     parser.add_argument("--rank", type=int, default=0, help="which beam hypothesis: 0 = best (needs --nbest > rank)")
     add_generation_args(parser)
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # inputs may follow options
 
 
 def read_tsv(path: str, sources: list[str]) -> list[tuple[str, dict]]:
@@ -126,14 +127,14 @@ def main(argv=None) -> None:
     setup_logging()
     if args.top < 1:
         raise ConfigError(f"--top={args.top}: list at least one context position")
-    mapper = AttentionMapper.from_checkpoint(args.checkpoint, args.device, args.backend)
+    mapper = AttentionMapper.from_checkpoint(args.checkpoint, args.device, args.backend, task=args.task)
     sources = list(mapper.source_configs)
     if args.tsv:
         items = read_tsv(args.tsv, sources)
     elif len(sources) == 1:
         plugin = mapper.plugins[sources[0]]
         items = []
-        for where, raw in read_inputs(args.inputs, plugin, mapper.cfg, sources[0]):
+        for where, raw in read_inputs(args.inputs, plugin, mapper.view.data, mapper.local_source(sources[0])):
             if plugin.input_kind == "text" and not raw.strip():
                 print(f"warning: {where}: empty line, skipped", file=sys.stderr)
             else:

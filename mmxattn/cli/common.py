@@ -84,9 +84,10 @@ def _cuda() -> bool:
 
 def parse_with_generation_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     """`argv` parsed by `parser` with the decoding options (`add_generation_args`) added last, so that
-    --help lists the command's own options before them."""
+    --help lists the command's own options before them. Intermixed: inputs may follow options
+    (`mmx-generate RUN --task translate input.txt`), which plain parse_args refuses after a `*` positional."""
     add_generation_args(parser)
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def generation_config(defaults, args):

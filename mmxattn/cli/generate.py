@@ -10,6 +10,7 @@ import torch
 
 from .. import registry
 from ..data.samples import SkipReport, check_not_folder, decode_lines, read_lines
+from ..data.multitask import task_view
 from ..errors import DataError, MmxError
 from ..sources import encoder_configs
 from .common import checkpoint_parser, generation_config, load_model, parse_with_generation_args, user_errors_exit
@@ -21,6 +22,7 @@ EPILOG = """examples:
   mmx-generate model.pt --strategy sample --top-p 0.9 --seed 1 input.txt
   mmx-generate captioner/model.pt photos/ extra.jpg               # image/audio models: files or folders
   mmx-generate speech/model.pt data/tst-COMMON.tsv                 # or a manifest in the model's data format
+  mmx-generate multitask/model.pt --task translate input.txt       # a model of several tasks: ask for one
 
 Text models read one input per line (files or stdin) and print one output per line, in order.
 Image/audio models take file paths (folders are searched for known file types) and print
@@ -56,11 +58,11 @@ def text_lines(source: str) -> list[str]:
     return read_lines(path)
 
 
-def read_inputs(paths: list[str], plugin, cfg=None, source: str = "src") -> list[tuple[str, object]]:
+def read_inputs(paths: list[str], plugin, data_cfg=None, source: str = "src") -> list[tuple[str, object]]:
     """(where, raw input) pairs for the model's source `source`: lines of text files/stdin, or for path-based
     encoders file paths, folders (searched for the plugin's file types) and manifests of the model's data
-    format."""
-    fmt = registry.get_data_format(cfg.data.format) if cfg is not None and cfg.get("data") else None
+    format (`data_cfg`: the data section it was trained with, or its task's)."""
+    fmt = registry.get_data_format(data_cfg.format) if data_cfg is not None else None
     manifest = fmt.manifest if fmt is not None else None
     items: list[tuple[str, object]] = []
     for given in paths or ["-"]:
@@ -77,7 +79,7 @@ def read_inputs(paths: list[str], plugin, cfg=None, source: str = "src") -> list
                         raise DataError(f"{path}: no files ending in {', '.join(plugin.file_extensions)} in this folder")
                     items += [(str(p), str(p)) for p in found]
                 elif path.is_file() and manifest and path.suffix == manifest and manifest not in plugin.file_extensions:
-                    items += read_manifest(path, fmt, cfg.data, source)
+                    items += read_manifest(path, fmt, data_cfg, source)
                 elif path.is_file():
                     items.append((str(path), str(path)))
                 else:
@@ -89,6 +91,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = checkpoint_parser("mmx-generate", "Generate text with a trained mmxattn model.", EPILOG)
     parser.add_argument("inputs", nargs="*", help="input files or folders; none or '-' = stdin")
     parser.add_argument("-o", "--output", help="write here instead of stdout")
+    parser.add_argument("--task", help="for a model trained on several tasks: which one to ask for (its prompt, "
+                                       "encoder and data format)")
     return parse_with_generation_args(parser, argv)
 
 
@@ -96,14 +100,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     model, tokenizers, cfg = load_model(args)
-    sources = encoder_configs(cfg)
-    if len(sources) != 1:
-        raise MmxError(f"this model reads {len(sources)} sources ({', '.join(sources)}); mmx-generate takes one")
-    (source, enc_cfg), = sources.items()
+    view = task_view(cfg, tokenizers, args.task)
+    if len(view.sources) != 1:
+        raise MmxError(f"this model reads {len(view.sources)} sources ({', '.join(view.sources)}); mmx-generate takes "
+                       "one (mmx-attend --tsv reads several)")
+    (source, encoder), = view.sources.items()  # the data's name for it, and the model's encoder (the batch key)
+    enc_cfg = encoder_configs(cfg)[encoder]
     plugin = registry.get_plugin(enc_cfg["name"])
     processor = registry.build_processor(enc_cfg["name"], enc_cfg, tokenizer=tokenizers, train=False)
     gen = generation_config(cfg.get("generation"), args)
-    items = read_inputs(args.inputs, plugin, cfg, source)
+    items = read_inputs(args.inputs, plugin, view.data, source)
 
     features = []
     for where, raw in items:
@@ -123,7 +129,7 @@ def main(argv=None) -> None:
         for start in range(0, len(order), args.batch_size):
             chunk = order[start : start + args.batch_size]
             batch = {k: v.to(args.device) for k, v in processor.collate([features[i] for i in chunk]).items()}
-            for i, hyps in zip(chunk, model.generate({source: batch}, gen)):
+            for i, hyps in zip(chunk, model.generate({encoder: batch}, gen, prompt=view.prompt)):
                 outputs[i] = hyps
 
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout

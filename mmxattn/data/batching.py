@@ -103,6 +103,10 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
             batches.append(current)
         if self.shuffle:
             rng.shuffle(batches)
+        return self._even_out(batches)
+
+    def _even_out(self, batches: list[list[int]]) -> list[list[int]]:
+        """The batches, as many as a multiple of num_replicas (every rank needs the same number)."""
         while len(batches) % self.num_replicas:
             largest = max(range(len(batches)), key=lambda i: len(batches[i]))
             batch = batches[largest]

@@ -74,10 +74,15 @@ class Seq2SeqDataset(Dataset):
 
 
 class Collater:
-    """A list of dataset items -> {"inputs": {source: batch}, "target_in", "target_out", "index", "skipped"}."""
+    """A list of dataset items -> {"inputs": {source: batch}, "target_in", "target_out", "index", "skipped"}.
 
-    def __init__(self, processors: dict[str, registry.Processor]):
-        self.processors = processors
+    prompt: token ids the decoder reads after BOS and before the target (a multitask model's task tags); they
+    are inputs, not predictions: target_out ignores their positions, and the batch carries them as "prompt"
+    for decoding.
+    """
+
+    def __init__(self, processors: dict[str, registry.Processor], prompt: Sequence[int] = ()):
+        self.processors, self.prompt = processors, tuple(prompt)
 
     def __call__(self, items: Sequence[dict | None]) -> dict[str, Any]:
         failed = next((item for item in items if item is not None and ERROR in item), None)
@@ -87,19 +92,25 @@ class Collater:
         batch: dict[str, Any] = {"skipped": len(items) - len(good)}
         if not good:  # every sample was bad: an empty batch the task skips, not a crash
             return batch
-        width = max(len(item["target"]) for item in good) + 1
+        k = len(self.prompt)
+        width = max(len(item["target"]) for item in good) + 1 + k
         target_in = torch.full((len(good), width), PAD, dtype=torch.long)
         target_out = torch.full((len(good), width), IGNORE, dtype=torch.long)
+        target_in[:, 0] = BOS
+        if k:
+            target_in[:, 1 : k + 1] = torch.tensor(self.prompt, dtype=torch.long)
         for row, item in enumerate(good):
             ids = torch.tensor(item["target"], dtype=torch.long)
-            target_in[row, 0], target_in[row, 1 : len(ids) + 1] = BOS, ids
-            target_out[row, : len(ids)], target_out[row, len(ids)] = ids, EOS
+            target_in[row, k + 1 : k + 1 + len(ids)] = ids
+            target_out[row, k : k + len(ids)], target_out[row, k + len(ids)] = ids, EOS
         batch.update(
             inputs={name: self._collate_source(name, proc, good) for name, proc in self.processors.items()},
-            target_in=target_in,  # [B, T] BOS y1 .. yn PAD..
-            target_out=target_out,  # [B, T] y1 .. yn EOS IGNORE..
+            target_in=target_in,  # [B, T] BOS p1 .. pk y1 .. yn PAD..   (k = 0 without a prompt)
+            target_out=target_out,  # [B, T] IGNORE.. (k) y1 .. yn EOS IGNORE..
             index=torch.tensor([item["index"] for item in good]),
         )
+        if k:
+            batch["prompt"] = self.prompt
         if "ctc_target" in good[0]:  # source transcripts for CTC: [B, L] padded with PAD (the CTC blank)
             ctc = torch.full((len(good), max(len(item["ctc_target"]) for item in good)), PAD, dtype=torch.long)
             for row, item in enumerate(good):

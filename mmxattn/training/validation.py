@@ -21,7 +21,7 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 
 from ..generation import GenerationConfig
-from ..metrics import Score, check_metric_names, score_all
+from ..metrics import LOWER_IS_BETTER, Score, check_metric_names, score_all
 from ..tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -35,22 +35,30 @@ class ValidationDecoding(Callback):
     tokenizer: the target tokenizer, to turn hypotheses into text.
     show_examples: how many (source, reference, hypothesis) triples rank 0 logs after each validation.
 
+    tasks: for a multitask run, {task: its metrics}: each task's samples are scored with its own metrics and
+        logged as val/<task>/<metric>, with their mean as val/score (error rates as 100 - rate), which the
+        checkpoint monitor of a multitask run reads.
+
     `last_scores` holds the scores of the latest validation ({} before the first, or without metrics).
     """
 
     def __init__(self, metrics: Sequence[str], generation: GenerationConfig, tokenizer: Tokenizer,
-                 show_examples: int = 0):
+                 show_examples: int = 0, tasks: Mapping[str, Sequence[str]] | None = None):
         check_metric_names(metrics)  # at construction: a typo stops the run before training, not after an epoch
         self.metrics, self.generation, self.tokenizer = list(metrics), generation, tokenizer
+        self.tasks = {t: list(m) for t, m in tasks.items()} if tasks else None
+        if self.tasks:
+            self.metrics = list(dict.fromkeys(m for ms in self.tasks.values() for m in ms))
         self.show_examples = int(show_examples)
         self.last_scores: dict[str, Score] = {}
         self._outputs: list[tuple[int, str]] = []  # (validation sample index, hypothesis text) of this rank
 
     @classmethod
-    def from_config(cls, eval_cfg: Mapping, tokenizer: Tokenizer) -> ValidationDecoding:
+    def from_config(cls, eval_cfg: Mapping, tokenizer: Tokenizer,
+                    tasks: Mapping[str, Sequence[str]] | None = None) -> ValidationDecoding:
         """From the `eval` section of a run config (metrics, generation, show_examples)."""
         return cls(eval_cfg["metrics"], GenerationConfig(**eval_cfg["generation"]), tokenizer,
-                   eval_cfg.get("show_examples", 0))
+                   eval_cfg.get("show_examples", 0), tasks)
 
     def on_validation_epoch_start(self, trainer, pl_module):
         self._outputs = []  # nothing left over from a validation that an exception cut short
@@ -62,7 +70,8 @@ class ValidationDecoding(Callback):
         # target_in is [B, T] (BOS + the longest reference in the batch, padded).
         cap = 2 * batch["target_in"].shape[1] + 10
         gen = GenerationConfig(**{**self.generation.__dict__, "max_len": min(self.generation.max_len, cap)})
-        hyps = pl_module.model.generate(batch["inputs"], gen)  # per sample, its n-best list; the best first
+        # per sample, its n-best list; the best first
+        hyps = pl_module.model.generate(batch["inputs"], gen, prompt=batch.get("prompt", ()))
         for index, hyp in zip(batch["index"].tolist(), hyps):
             self._outputs.append((index, self.tokenizer.decode(hyp[0].tokens)))
 
@@ -78,11 +87,16 @@ class ValidationDecoding(Callback):
         if not outputs:
             return
         outputs.sort()  # by sample index: the same order on every rank and whatever the sharding
-        samples = trainer.datamodule.splits["valid"].samples
-        scores = score_all(self.metrics, [hyp for _, hyp in outputs], [samples[i].references for i, _ in outputs])
+        dataset = trainer.datamodule.splits["valid"]
+        samples = dataset.samples
+        if self.tasks:
+            scores = score_tasks(self.tasks, outputs, samples, dataset.task_of)
+            pl_module.log("val/score", mean_score(self.tasks, scores), prog_bar=True)
+        else:
+            scores = score_all(self.metrics, [hyp for _, hyp in outputs], [samples[i].references for i, _ in outputs])
         for name, score in scores.items():
             # every rank holds the gathered outputs, so every rank logs the same value
-            pl_module.log(f"val/{name}", score.value, prog_bar=True)
+            pl_module.log(f"val/{name}", score.value, prog_bar=not self.tasks)
         self.last_scores = scores
         if trainer.is_global_zero and not trainer.sanity_checking:
             self._show(trainer, samples, outputs, scores)
@@ -94,3 +108,25 @@ class ValidationDecoding(Callback):
         )
         summary = "; ".join(str(s) for s in scores.values())
         log.info("epoch %d step %d: validation %s%s", trainer.current_epoch, trainer.global_step, summary, shown)
+
+
+def score_tasks(tasks: Mapping[str, Sequence[str]], outputs: Sequence[tuple[int, str]], samples,
+                task_of) -> dict[str, Score]:
+    """{"<task>/<metric>": score} of (sample index, hypothesis) pairs, each task scored on its own samples."""
+    scores: dict[str, Score] = {}
+    for task, metrics in tasks.items():
+        mine = [(i, hyp) for i, hyp in outputs if task_of(i) == task]
+        if mine:
+            for name, score in score_all(metrics, [h for _, h in mine], [samples[i].references for i, _ in mine]).items():
+                scores[f"{task}/{name}"] = score
+    return scores
+
+
+def mean_score(tasks: Mapping[str, Sequence[str]], scores: Mapping[str, Score]) -> float:
+    """The mean over tasks of each task's first metric, higher = better (an error rate counts as 100 - rate)."""
+    values = []
+    for task, metrics in tasks.items():
+        score = scores.get(f"{task}/{metrics[0]}")
+        if score is not None:
+            values.append(100.0 - score.value if metrics[0] in LOWER_IS_BETTER else score.value)
+    return sum(values) / len(values) if values else 0.0

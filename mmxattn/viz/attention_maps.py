@@ -26,6 +26,7 @@ import torch
 
 from .. import registry
 from ..context import Context, ContextView
+from ..data.multitask import task_view
 from ..errors import ConfigError, MmxError
 from ..generation import GenerationConfig, generate
 from ..model import EncoderDecoder
@@ -172,9 +173,13 @@ class AttentionMap:
 class AttentionMapper:
     """Decodes raw inputs with a trained model and returns the cross-attention of each output."""
 
-    def __init__(self, model: EncoderDecoder, tokenizers, cfg, device: str | torch.device = "cpu"):
+    def __init__(self, model: EncoderDecoder, tokenizers, cfg, device: str | torch.device = "cpu",
+                 task: str | None = None):
+        """task: which task to ask a multitask model for (its encoders and prompt; `task_view`)."""
         self.model, self.tokenizers, self.cfg, self.device = model.to(device).eval(), tokenizers, cfg, device
-        self.source_configs = encoder_configs(cfg)
+        self.view = task_view(cfg, tokenizers, task)
+        encoders = encoder_configs(cfg)
+        self.source_configs = {e: encoders[e] for e in dict.fromkeys(self.view.sources.values())}
         self.plugins = {name: registry.get_plugin(c["name"]) for name, c in self.source_configs.items()}
         self.processors = {
             name: registry.build_processor(c["name"], c, tokenizer=tokenizers, train=False)
@@ -182,12 +187,16 @@ class AttentionMapper:
         }
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", backend: str = "auto"
-                        ) -> "AttentionMapper":
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", backend: str = "auto",
+                        task: str | None = None) -> "AttentionMapper":
         from ..checkpoint import load_for_inference
 
         model, tokenizers, cfg = load_for_inference(path, device, backend)
-        return cls(model, tokenizers, cfg, device)
+        return cls(model, tokenizers, cfg, device, task)
+
+    def local_source(self, encoder: str) -> str:
+        """The data's name for the source that `encoder` reads (the same name outside multitask models)."""
+        return next(local for local, e in self.view.sources.items() if e == encoder)
 
     def generation_config(self, **overrides) -> GenerationConfig:
         """The model's own `generation` settings with `overrides` on top."""
@@ -237,13 +246,15 @@ class AttentionMapper:
         }
         with torch.no_grad():
             context, spans = encode_with_spans(self.model, inputs)
-            hyps = [h[min(rank, len(h) - 1)] for h in generate(self.model.decoder, context, gen)]
+            prompt = self.view.prompt  # a multitask model's task tags: read after BOS, not drawn
+            hyps = [h[min(rank, len(h) - 1)] for h in generate(self.model.decoder, context, gen, prompt=prompt)]
             targets = [h.tokens + [EOS] for h in hyps]
-            width = max(len(t) for t in targets)
+            width = max(len(t) for t in targets) + len(prompt)
             tokens = torch.full((len(items), width), PAD, dtype=torch.long, device=self.device)  # [B, T]
             for row, target in enumerate(targets):
-                tokens[row, : len(target)] = torch.tensor([BOS] + target[:-1])
-            weights = cross_attention(self.model, context, tokens).float().cpu()  # [L, B, H, T, S]
+                tokens[row, : len(prompt) + len(target)] = torch.tensor([BOS, *prompt] + target[:-1])
+            # [L, B, H, T, S]: the rows that predicted the target tokens (the prompt's rows dropped)
+            weights = cross_attention(self.model, context, tokens)[:, :, :, len(prompt):].float().cpu()
         mask = context.mask.cpu()  # [B, S]
         pieces = self.tokenizers.target.pieces
         maps = []
@@ -251,6 +262,8 @@ class AttentionMapper:
             real = mask[row].nonzero().squeeze(1)  # this sample's real positions, in order
             sample_spans, offset = [], 0
             for name, start, end in spans:
+                if name not in item:  # an encoder of another task: no positions in this context
+                    continue
                 n = int(mask[row, start:end].sum())
                 view = self._view(name, item[name], n)
                 sample_spans.append(SourceSpan(name, offset, offset + n, view))
