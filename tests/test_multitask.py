@@ -190,3 +190,25 @@ def test_decoding_with_a_prompt_equals_the_teacher_forced_forward(tmp_path, two_
         one = type(context)(context.states[row : row + 1], context.mask[row : row + 1])
         logits = model.decoder(tokens, one)[0][0, len(prompt):]  # the rows that predicted the output
         assert logits.argmax(-1)[: len(hyp[0].tokens)].tolist() == hyp[0].tokens
+
+
+# ---------------------------------------------------------------------------------------------------
+# The real-data recipe: CoVoST 2 speech translation joint with its text pairs, on tiny generated data
+
+
+def test_covost_joint_recipe_trains_a_few_steps(tmp_path):
+    from mmxattn.quickstart.speech import write_speech_corpus
+
+    from .test_speech_data import SHORT_RUN, fairseq_covost
+
+    corpus = write_speech_corpus(tmp_path / "speech", train=24, valid=6, test=6, seed=3)
+    root = fairseq_covost(corpus, tmp_path / "covost")
+    short = [o.replace("encoder.", "encoders.speech.").replace("data.", "tasks.speech.data.") for o in SHORT_RUN]
+    tiny = [o.replace("encoder.", "encoders.text.") for o in TINY]
+    cfg = compose_config(["recipe=multitask/covost_joint", f"data_root={root}", *tiny, *short,
+                          "encoders.speech.d_model=32", "encoders.speech.num_layers=1", "encoders.speech.ffn_dim=64",
+                          "tasks.text.data.max_tokens=1500", "data.num_workers=0", "tasks.speech.data.num_workers=0"],
+                         output_dir=tmp_path / "run")
+    results = train(cfg)
+    assert {"test_speech_bleu", "test_text_bleu", "val_speech_bleu"} <= set(results), results
+    assert len((tmp_path / "run" / "test.speech.hyp").read_text().splitlines()) == 6
