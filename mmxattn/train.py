@@ -23,7 +23,6 @@ from pathlib import Path
 import lightning as L
 import torch.distributed as dist
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -39,7 +38,9 @@ from .generation import GenerationConfig
 from .metrics import checkpoint_target
 from .model import EncoderDecoder, build_model
 from .task import Seq2SeqTask
+from .training.attention_images import AttentionImages
 from .training.cpu_speedups import apply_cpu_speedups
+from .training.loggers import build_loggers
 from .training.metadata import CheckpointMetadata
 from .training.rng import RngState
 from .training.trace import TraceData
@@ -241,6 +242,8 @@ def train(cfg: DictConfig) -> dict:
     log.info("model: %.2fM parameters; data: %d train / %d valid samples; vocab %d",
              n_params / 1e6, len(datamodule.splits["train"]), len(datamodule.splits["valid"]), len(datamodule.tokenizers.target))
 
+    loggers = build_loggers(cfg.get("logger"), output_dir, cfg, cfg.name)  # before training: a missing extra stops here
+    attention_samples = int((cfg.get("logger") or {}).get("attention_samples", 0))
     ckpt = cfg.checkpoint
     keep_best = int(ckpt.get("keep_best", 1))
     checkpointing = ModelCheckpoint(  # best.ckpt (or the best keep_best as best-step*.ckpt) by the monitor
@@ -257,6 +260,7 @@ def train(cfg: DictConfig) -> dict:
     callbacks = [
         *build_callbacks(cfg),
         validation,
+        *([AttentionImages(attention_samples, datamodule.tokenizers, cfg, output_dir)] if attention_samples else []),
         *build_early_stopping(cfg),
         *([TraceData(cfg.output_dir)] if cfg.get("trace_data") else []),
         CheckpointMetadata(datamodule.tokenizers, cfg),  # the tokenizers and the whole config, in every .ckpt
@@ -271,7 +275,7 @@ def train(cfg: DictConfig) -> dict:
         **trainer_args,
         default_root_dir=output_dir,
         callbacks=callbacks,
-        logger=CSVLogger(output_dir, name="", version=""),
+        logger=loggers,
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # the token-budget sampler shards by rank itself
         enable_model_summary=False,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..context import ContextView
@@ -25,9 +27,7 @@ def figure_size(view: ContextView, n_targets: int, n_positions: int, dpi: int = 
     return round(width * dpi), round(height * dpi)
 
 
-def plot_source(amap: AttentionMap, source: str, path: str | Path, *, layer: int | str = "mean",
-                head: int | str = "mean", dpi: int = DPI) -> Path:
-    """Write the PNG of one source's weights in `amap` (one layer/head, or means) to `path`."""
+def _figure(amap: AttentionMap, source: str, layer: int | str, head: int | str, dpi: int) -> Figure:
     span = amap.span(source)
     weights = amap.select(layer, head, source).numpy()  # [T, S]
     width, height = figure_size(span.view, weights.shape[0], weights.shape[1], dpi)
@@ -36,7 +36,23 @@ def plot_source(amap: AttentionMap, source: str, path: str | Path, *, layer: int
     which = f"layer {layer}, head {head}"
     title = f"{source}: cross-attention ({which})" if len(amap.sources) > 1 else f"cross-attention ({which})"
     span.view.draw(fig, weights, amap.target_labels, title)
+    return fig
+
+
+def plot_source(amap: AttentionMap, source: str, path: str | Path, *, layer: int | str = "mean",
+                head: int | str = "mean", dpi: int = DPI) -> Path:
+    """Write the PNG of one source's weights in `amap` (one layer/head, or means) to `path`."""
+    fig = _figure(amap, source, layer, head, dpi)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, format="png")
     return path
+
+
+def render_source(amap: AttentionMap, source: str, *, layer: int | str = "mean", head: int | str = "mean",
+                  dpi: int = DPI) -> np.ndarray:
+    """The same picture as `plot_source`, as RGB pixels [H, W, 3] uint8 (for experiment loggers)."""
+    fig = _figure(amap, source, layer, head, dpi)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
