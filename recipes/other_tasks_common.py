@@ -1,8 +1,8 @@
 """What the recipes/<task>/other_tasks.py scripts share: a recipe trained on a task through the real
 `mmx-train`, as a user would run it, and the markdown table of the results that the recipes' READMEs record.
 
-Not a package module: the scripts run as files (`python recipes/<task>/other_tasks.py`) and put this
-folder on sys.path to import it.
+The scripts run as files (`python recipes/<task>/other_tasks.py`) and put the repository root on sys.path
+to import it as recipes.other_tasks_common.
 """
 
 from __future__ import annotations

@@ -41,8 +41,8 @@ import torchaudio.functional as AF
 
 # run as a file (python recipes/speech_translation/other_tasks.py), so the runner it shares with the other
 # recipes' other_tasks.py is importable only with recipes/ on the path
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from other_tasks_common import REPO, print_table, table_row, wall_time  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: recipes/ is a package
+from recipes.other_tasks_common import REPO, print_table, table_row, wall_time  # noqa: E402
 
 DATA = REPO / "data" / "other-speech"
 
