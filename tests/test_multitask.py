@@ -205,7 +205,7 @@ def test_covost_joint_recipe_trains_a_few_steps(tmp_path):
     root = fairseq_covost(corpus, tmp_path / "covost")
     short = [o.replace("encoder.", "encoders.speech.").replace("data.", "tasks.speech.data.") for o in SHORT_RUN]
     tiny = [o.replace("encoder.", "encoders.text.") for o in TINY]
-    cfg = compose_config(["recipe=multitask/covost_joint", f"data_root={root}", *tiny, *short,
+    cfg = compose_config(["recipe=multitask/covost_joint", f"data.root={root}", *tiny, *short,
                           "encoders.speech.d_model=32", "encoders.speech.num_layers=1", "encoders.speech.ffn_dim=64",
                           "tasks.text.data.max_tokens=1500", "data.num_workers=0", "tasks.speech.data.num_workers=0"],
                          output_dir=tmp_path / "run")
