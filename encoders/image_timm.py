@@ -17,9 +17,10 @@ positions (`PaddingMask`), and a ViT's padded patches are kept out of self-atten
 context is the same alone and in a padded batch (in eval mode; what still differs: `TimmImageEncoder`).
 
 Preprocessing comes from timm's own data config for the model (mean/std, interpolation, input size),
-overridable under `data_config`; training-time augmentation is opt-in. Weights come from a local file
-(`weights=PATH`: a state dict saved with torch.save, or .safetensors); nothing is downloaded. `freeze`
-trains all, none, or only the last N blocks of the backbone.
+overridable under `data_config`; training-time augmentation is opt-in. Weights come from timm's hub
+(`pretrained=true`, its cache and offline mode honoured) or a local file (`weights=PATH`: a state dict saved
+with torch.save, or .safetensors); without either the weights are random and nothing is downloaded.
+`freeze` trains all, none, or only the last N blocks of the backbone.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import functools
 import json
 import logging
 import math
+import os
 import random
 import sys
 from collections import Counter
@@ -83,8 +85,8 @@ def _model_kwargs(cfg: Mapping[str, Any]) -> dict:
     for key in ("pretrained", "num_classes"):
         if key in kwargs:
             raise ConfigError(
-                f"encoder.model_kwargs.{key} is set by the plugin (pretrained=False, num_classes=0); "
-                "load weights with encoder.weights=PATH instead"
+                f"encoder.model_kwargs.{key} is set by the plugin (num_classes=0); load pretrained weights with "
+                "encoder.pretrained=true (timm's hub) or encoder.weights=PATH (a local file) instead"
             )
     # Images of varying size need a ViT that resamples its position embeddings to each input's grid.
     if _resize(cfg) == "shorter" and "dynamic_img_size" not in kwargs and _has_dynamic_size(cfg["model_name"]):
@@ -110,6 +112,38 @@ def _create(model_name: str, kwargs: dict) -> nn.Module:
         return timm.create_model(model_name, pretrained=False, num_classes=0, **kwargs)
     except TypeError as e:
         raise ConfigError(f"encoder.model_kwargs={kwargs} not accepted by timm model {model_name}: {e}") from e
+
+
+def _create_pretrained(model_name: str, kwargs: dict, weights: str | None, cache_dir: str | None) -> nn.Module:
+    """timm.create_model(pretrained=True) as timm loads it: from its hub cache (HF_HUB_OFFLINE=1 honoured), or
+    from a local file through timm's own `pretrained_cfg_overlay=dict(file=...)`, with its checkpoint filter
+    and the classifier dropped (num_classes=0)."""
+    if not timm.is_model(model_name):
+        _create(model_name, {})  # raises the unknown-name message
+    overlay = {"file": str(Path(weights).expanduser())} if weights else None
+    if overlay and not Path(overlay["file"]).is_file():
+        raise ConfigError(f"encoder.weights={weights}: file not found (with encoder.pretrained=true timm loads it as "
+                          "the pretrained file); give an existing .pth/.safetensors file, or encoder.weights=null to "
+                          "load timm's hub weights")
+    try:
+        return timm.create_model(model_name, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay,
+                                 cache_dir=cache_dir, **kwargs)
+    except Exception as e:  # the hub's many error types (offline, cold cache, no network, no such tag)
+        if overlay:
+            raise ConfigError(f"encoder.weights={weights}: timm cannot load it as pretrained weights of {model_name} "
+                              f"({type(e).__name__}: {str(e)[:300]})") from e
+        source = timm.models.get_pretrained_cfg(model_name)
+        where = getattr(source, "hf_hub_id", None) or getattr(source, "url", None) or model_name
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        raise ConfigError(
+            f"encoder.pretrained=true: timm could not load the pretrained weights of {model_name} ({where}): "
+            f"{type(e).__name__}: {str(e)[:300]}. "
+            + ("HF_HUB_OFFLINE=1 is set, and they are not in the hub cache. " if offline else "")
+            + "On a machine with internet access, fill the cache with "
+            f"`python -c \"import timm; timm.create_model('{model_name}', pretrained=True)\"` (and copy "
+            "~/.cache/huggingface here, or point encoder.hub_cache at the copy), or save the weights to a file "
+            "and pass encoder.weights=PATH"
+        ) from e
 
 
 @functools.lru_cache(maxsize=16)
@@ -534,14 +568,17 @@ class TimmImageEncoder(nn.Module):
     """
 
     def __init__(self, *, model_name: str, model_kwargs: dict | None = None, weights: str | None = None,
-                 freeze: Any = "none", prefix_tokens: str = "drop", stride: int | None = None,
-                 positions: bool = False, norm: bool = False):
+                 pretrained: bool = False, hub_cache: str | None = None, freeze: Any = "none",
+                 prefix_tokens: str = "drop", stride: int | None = None, positions: bool = False, norm: bool = False):
         super().__init__()
         if prefix_tokens not in ("drop", "keep"):
             raise ConfigError(f"encoder.prefix_tokens={prefix_tokens!r}; expected drop or keep")
-        self.backbone = _create(model_name, dict(model_kwargs or {}))
-        if weights:
-            load_weights(self.backbone, weights)
+        if pretrained:
+            self.backbone = _create_pretrained(model_name, dict(model_kwargs or {}), weights, hub_cache)
+        else:
+            self.backbone = _create(model_name, dict(model_kwargs or {}))
+            if weights:
+                load_weights(self.backbone, weights)
         # Convolutions run 1.4-1.6× faster channels-last on a CPU (oneDNN; measured: resnet10t training
         # steps on 64 × 256 strips), and on tensor cores; the weights' values and names do not change.
         self.backbone.to(memory_format=torch.channels_last)
@@ -560,7 +597,7 @@ class TimmImageEncoder(nn.Module):
         self.norm = nn.LayerNorm(self.output_dim) if norm else None
         self.freeze = parse_freeze(freeze)
         self._apply_freeze()
-        if self.freeze != "none" and not weights:
+        if self.freeze != "none" and not (weights or pretrained):
             log.warning("encoder.freeze=%s with random weights (encoder.weights=null): the frozen part never learns",
                         self.freeze)
 
@@ -806,6 +843,7 @@ class ImageTimmPlugin(EncoderPlugin):
         found, _ = probe(cfg)  # checks model name, kwargs and input size before allocating weights
         encoder = TimmImageEncoder(
             model_name=cfg["model_name"], model_kwargs=_model_kwargs(cfg), weights=cfg.get("weights"),
+            pretrained=bool(cfg.get("pretrained", False)), hub_cache=cfg.get("hub_cache"),
             freeze=cfg.get("freeze", "none"), prefix_tokens=cfg.get("prefix_tokens", "drop"), stride=found.stride,
             # a config without `positions` or `norm` (a model exported before they existed) has neither
             positions=bool(cfg.get("positions", False)) and found.feature_map,

@@ -392,6 +392,23 @@ def _resolve(path: Path) -> Path:
     return path
 
 
+INITIAL_WEIGHTS = {"weights": None, "pretrained": False}  # encoder keys that name where training's weights came from
+
+
+def without_initial_weights(cfg: DictConfig) -> DictConfig:
+    """The config with every encoder's initial-weight source (encoder.weights, encoder.pretrained) cleared, to
+    build a model whose weights a checkpoint then fills: the machine that loads it may have neither the file
+    nor a model hub, and nothing needs to be read or downloaded twice."""
+    cfg = cfg.copy()
+    sections = [cfg.encoder] if cfg.get("encoder") else []
+    sections += [c for c in (cfg.get("encoders") or {}).values() if c is not None]
+    for section in sections:
+        for key, value in INITIAL_WEIGHTS.items():
+            if key in section:
+                section[key] = value
+    return cfg
+
+
 def load_for_inference(path: str | Path, device: str | torch.device = "cpu", backend: str = "auto"
                        ) -> tuple[EncoderDecoder, Tokenizers, DictConfig]:
     """Model (frozen, eval mode), tokenizers and config from an export, a Lightning checkpoint, or a run folder.
@@ -410,6 +427,6 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu", bac
         raise DataError(f"{path}: not an mmxattn checkpoint (no tokenizer or config inside)")
     cfg = OmegaConf.create(config)
     tokenizers = Tokenizers.from_state(tok_state)
-    model = build_model(cfg, tokenizers)
+    model = build_model(without_initial_weights(cfg), tokenizers)
     model.load_state_dict(state_dict)
     return prepare(model.to(device), backend), tokenizers, cfg

@@ -28,7 +28,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import AtomicCheckpointIO, LastCheckpoint, export_model, load_checkpoint_file, verify_checkpoint_file
+from .checkpoint import (AtomicCheckpointIO, LastCheckpoint, export_model, load_checkpoint_file, verify_checkpoint_file,
+                         without_initial_weights)
 from .config_checks import check_config
 from . import quickstart
 from .data.multitask import datamodule_from_config, is_multitask, task_specs
@@ -296,7 +297,7 @@ def train(cfg: DictConfig) -> dict:
         return results
     val_scores, best = validation.last_scores, checkpointing.best_model_path
     if isinstance(trainer.strategy, FSDPStrategy):  # the trained modules are sharded: rebuild from the full .ckpt
-        model = build_model(cfg, datamodule.tokenizers).to(trainer.strategy.root_device)
+        model = build_model(without_initial_weights(cfg), datamodule.tokenizers).to(trainer.strategy.root_device)
         task = build_task(cfg, model)
         best = best or str(last.last_path)
     if best:
