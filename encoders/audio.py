@@ -150,6 +150,18 @@ def _load_npy(source, name: str) -> torch.Tensor:
         raise DataError(f"{name}: cannot be read as an .npy feature file ({type(e).__name__}: {e})") from e
 
 
+def header_frames(raw: str, sample_rate: int) -> int:
+    """10 ms feature frames of an audio file (or fairseq slice) at `sample_rate`, from its header only; 1 when
+    the header cannot be read (loading the file then names the problem)."""
+    path, _, size = split_fairseq_path(str(raw))
+    try:
+        info = sf.info(path)
+    except Exception:
+        return 1
+    samples = size if size is not None else info.frames
+    return fbank_frames(math.ceil(samples * sample_rate / info.samplerate), sample_rate)
+
+
 def to_mono(wave: torch.Tensor) -> torch.Tensor:
     """[samples, channels] -> [samples]: stereo and multichannel audio is averaged down."""
     return wave.mean(dim=1)
@@ -320,16 +332,12 @@ class AudioProcessor(Processor):
         n_frames = getattr(raw, "n_frames", None)
         if n_frames is not None:
             return int(n_frames)
-        path, offset, size = split_fairseq_path(str(raw))
-        try:
-            if Path(path).suffix in (".npy", ".zip"):
+        if Path(split_fairseq_path(str(raw))[0]).suffix in (".npy", ".zip"):
+            try:
                 return int(self.features(raw).shape[0])
-            if size is not None:
-                return fbank_frames(math.ceil(size * self.sample_rate / sf.info(path).samplerate), self.sample_rate)
-            info = sf.info(path)
-        except Exception:  # the processor names the problem when it loads the file
-            return 1
-        return fbank_frames(math.ceil(info.frames * self.sample_rate / info.samplerate), self.sample_rate)
+            except DataError:  # the processor names the problem when it loads the file
+                return 1
+        return header_frames(raw, self.sample_rate)
 
     def describe_context(self, raw: str, n_positions: int) -> SpectrogramView:
         """The log-mel spectrogram (before normalisation) that the context positions cover evenly in time."""

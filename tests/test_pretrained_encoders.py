@@ -90,3 +90,91 @@ def test_an_export_of_a_pretrained_model_loads_without_the_file_or_hub(tmp_path)
     assert config.encoder.pretrained and config.encoder.weights == str(path)  # the record of how it was trained
     for key, value in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value, msg=key)
+
+
+# ---------------------------------------------------------------------------------------------------
+# torchaudio self-supervised speech encoders (encoders/ssl_speech.py)
+
+# a small model of the bundles' kind, for tests that train: 2 CNN layers, 2 transformer layers of width 32
+SMALL_ARCH = {"extractor_conv_layer_config": [[16, 10, 5], [16, 8, 4]], "encoder_embed_dim": 32,
+              "encoder_num_heads": 2, "encoder_num_layers": 2, "encoder_ff_interm_features": 64,
+              "encoder_pos_conv_kernel": 16, "encoder_pos_conv_groups": 4, "encoder_layer_drop": 0.0}
+
+
+def hydra_dict(values: dict) -> str:
+    """{a: 1, b: [[2, 3]]} in Hydra's override grammar (keys unquoted)."""
+    return "{" + ",".join(f"{k}:{str(v).replace(' ', '')}" for k, v in values.items()) + "}"
+
+
+def ssl_encoder(**cfg):
+    return registry.build_encoder("ssl_speech", {"name": "ssl_speech", "pretrained": False, **cfg})
+
+
+def saved_bundle_model(tmp_path: Path, bundle: str, arch: dict | None = None, seed: int = 0) -> Path:
+    """A randomly initialised torchaudio model of the bundle's architecture, saved as a state dict."""
+    import torchaudio
+
+    from mmxattn_encoders.ssl_speech import build_architecture
+
+    torch.manual_seed(seed)
+    path = tmp_path / f"{bundle}.pt"
+    torch.save(build_architecture(getattr(torchaudio.pipelines, bundle), arch).state_dict(), path)
+    return path
+
+
+def test_ssl_encoder_loads_a_full_size_wav2vec2_and_stays_frozen(tmp_path):
+    path = saved_bundle_model(tmp_path, "WAV2VEC2_BASE")
+    encoder = ssl_encoder(bundle="WAV2VEC2_BASE", weights=str(path), train_layers=0).train()
+    saved = torch.load(path, weights_only=True)
+    for key, value in encoder.model.state_dict().items():
+        torch.testing.assert_close(value, saved[key], msg=key)
+    assert not any(p.requires_grad for p in encoder.model.parameters()) and not encoder.model.training
+    batch = {"waveform": torch.randn(2, 16000), "lengths": torch.tensor([16000, 8000])}
+    batch["mask"] = torch.arange(16000)[None] < batch["lengths"][:, None]
+    context = encoder(batch)
+    assert context.states.shape == (2, 25, 256)  # 1 s: 49 frames of 20 ms, halved by downsample=2
+    assert context.mask.sum(1).tolist() == [25, 12]
+
+
+@pytest.mark.parametrize("bundle", ["HUBERT_BASE", "WAVLM_BASE_PLUS", "WAV2VEC2_XLSR_300M"])
+def test_ssl_encoder_fine_tunes_only_its_last_layers(bundle, tmp_path):
+    path = saved_bundle_model(tmp_path, bundle, SMALL_ARCH)
+    encoder = ssl_encoder(bundle=bundle, weights=str(path), arch=SMALL_ARCH, train_layers=1, d_model=16).train()
+    batch = {"waveform": torch.randn(2, 4000), "lengths": torch.tensor([4000, 3000])}
+    encoder(batch).states.sum().backward()
+    layers = encoder.model.encoder.transformer.layers
+    assert all(p.grad is not None for p in layers[-1].parameters() if p.requires_grad)
+    assert all(p.grad is None and not p.requires_grad for p in layers[0].parameters())
+    assert all(p.grad is None for p in encoder.model.feature_extractor.parameters())
+    assert encoder.layer_logits.grad is not None  # the SUPERB layer weights learn
+    assert layers[-1].training and not layers[0].training
+
+
+def test_ssl_encoder_bad_config_and_offline_download_say_what_to_do(monkeypatch, tmp_path):
+    with pytest.raises(ConfigError, match=r"encoder.bundle='WAV2VEC3' is not a torchaudio.pipelines speech model"):
+        ssl_encoder(bundle="WAV2VEC3")
+    with pytest.raises(ConfigError, match=r"encoder.weights=.*does not fit the HUBERT_BASE model"):
+        ssl_encoder(bundle="HUBERT_BASE", weights=str(saved_bundle_model(tmp_path, "HUBERT_BASE", SMALL_ARCH)))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(ConfigError, match=r"WAV2VEC2_BASE are not in the torch hub cache .*HF_HUB_OFFLINE=1.*"
+                                          r"torchaudio.pipelines.WAV2VEC2_BASE.get_model\(\).*encoder.weights=PATH"):
+        registry.build_encoder("ssl_speech", {"name": "ssl_speech", "bundle": "WAV2VEC2_BASE", "pretrained": True})
+
+
+def test_covost_xlsr_recipe_trains_a_few_steps(tmp_path):
+    from mmxattn.quickstart.speech import write_speech_corpus
+    from mmxattn.train import train
+
+    from .test_speech_data import SHORT_RUN, fairseq_covost
+
+    corpus = write_speech_corpus(tmp_path / "speech", train=12, valid=4, test=4, seed=3)
+    root = fairseq_covost(corpus, tmp_path / "covost")
+    weights = saved_bundle_model(tmp_path, "WAV2VEC2_XLSR_300M", SMALL_ARCH)
+    short = [o for o in SHORT_RUN if not o.startswith("encoder.")]
+    cfg = compose_config(["recipe=speech_translation/covost_xlsr", f"data.root={root}", f"encoder.weights={weights}",
+                          f"encoder.arch={hydra_dict(SMALL_ARCH)}", "encoder.train_layers=1",
+                          "encoder.d_model=32", "decoder.d_model=32", "decoder.num_heads=2", "decoder.num_layers=1",
+                          "decoder.ffn_dim=64", "tokenizer.vocab_size=40", *short], output_dir=tmp_path / "run")
+    results = train(cfg)
+    assert "test_bleu" in results and (tmp_path / "run" / "model.pt").is_file()
