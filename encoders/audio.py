@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import soundfile as sf
 import torch
+import torchaudio
 import torchaudio.compliance.kaldi as kaldi
 import torchaudio.functional as AF
 import torchaudio.transforms as AT
@@ -392,12 +393,47 @@ class ConvSubsampler(nn.Module):
         return x.transpose(1, 2), lengths
 
 
+class ConformerLayers(nn.Module):
+    """torchaudio's Conformer (Gulati et al. 2020, as ESPnet and NeMo use for speech): x [B, S, D] + mask [B, S]."""
+
+    def __init__(self, d_model: int, num_layers: int, num_heads: int, ffn_dim: int, dropout: float, kernel_size: int):
+        super().__init__()
+        if kernel_size % 2 == 0:
+            raise ConfigError(f"encoder.conformer_kernel_size={kernel_size} must be odd (31 in the Conformer paper)")
+        self.conformer = torchaudio.models.Conformer(input_dim=d_model, num_heads=num_heads, ffn_dim=ffn_dim,
+                                                     num_layers=num_layers, depthwise_conv_kernel_size=kernel_size,
+                                                     dropout=dropout)
+        # torchaudio's convolution module has no padding mask: its depthwise convolution would carry padded
+        # frames into real ones, so a row's output would depend on its batch. Zero them at that convolution's
+        # input, as a sequence's own edges are padded with zeros (BatchNorm's batch statistics in training
+        # still see them; in evaluation a row comes out the same alone and in any batch).
+        self._padding: torch.Tensor | None = None  # [B, S] True = padding, for the current forward
+        for layer in self.conformer.conformer_layers:
+            layer.conv_module.sequential[2].register_forward_pre_hook(self._zero_padding)
+
+    def _zero_padding(self, module, args):
+        (x,) = args  # [B, C, S]
+        return (x.masked_fill(self._padding[:, None, :], 0.0),)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        self._padding = ~mask
+        try:
+            out, _ = self.conformer(x, mask.sum(1))
+        finally:
+            self._padding = None
+        return out
+
+
 class AudioEncoder(nn.Module):
-    """features [B, T, bins] + mask [B, T] -> Context(states [B, T/4, d_model], mask [B, T/4])."""
+    """features [B, T, bins] + mask [B, T] -> Context(states [B, T/4, d_model], mask [B, T/4]).
+
+    block: transformer (fairseq's s2t_transformer: pre-norm self-attention layers) or conformer (torchaudio's
+    Conformer: feed-forward, self-attention, depthwise convolution, feed-forward per layer)."""
 
     def __init__(self, *, num_mel_bins: int = 80, conv_channels: int = 1024, conv_kernel_sizes: Sequence[int] = (5, 5),
                  d_model: int = 256, num_layers: int = 12, num_heads: int = 4, ffn_dim: int = 2048,
-                 dropout: float = 0.1, scale_input: bool = True):
+                 dropout: float = 0.1, scale_input: bool = True, block: str = "transformer",
+                 conformer_kernel_size: int = 31):
         super().__init__()
         self.output_dim = d_model
         self.subsample = ConvSubsampler(num_mel_bins, conv_channels, d_model, conv_kernel_sizes)
@@ -405,7 +441,12 @@ class AudioEncoder(nn.Module):
         # (--no-scale-embedding turns that off, which makes the positions relatively stronger)
         self.scale = math.sqrt(d_model) if scale_input else 1.0
         self.drop = nn.Dropout(dropout)
-        self.encoder = TransformerEncoder(d_model, num_layers, num_heads, ffn_dim, dropout)
+        if block == "transformer":
+            self.encoder = TransformerEncoder(d_model, num_layers, num_heads, ffn_dim, dropout)
+        elif block == "conformer":
+            self.encoder = ConformerLayers(d_model, num_layers, num_heads, ffn_dim, dropout, conformer_kernel_size)
+        else:
+            raise ConfigError(f"encoder.block={block!r}; expected transformer or conformer")
         self.register_buffer("positions", sinusoidal_positions(1024, d_model), persistent=False)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> Context:
@@ -430,6 +471,7 @@ class AudioPlugin(EncoderPlugin):
             conv_kernel_sizes=tuple(cfg.get("conv_kernel_sizes", (5, 5))), d_model=cfg.get("d_model", 256),
             num_layers=cfg.get("num_layers", 12), num_heads=cfg.get("num_heads", 4), ffn_dim=cfg.get("ffn_dim", 2048),
             dropout=cfg.get("dropout", 0.1), scale_input=cfg.get("scale_input", True),
+            block=cfg.get("block", "transformer"), conformer_kernel_size=int(cfg.get("conformer_kernel_size", 31)),
         )
 
     def build_processor(self, cfg: Mapping[str, Any], *, tokenizer=None, train: bool = False) -> AudioProcessor:

@@ -42,9 +42,9 @@ def direct_fbank(wave: np.ndarray, bins: int = 80) -> torch.Tensor:
     return kaldi.fbank(torch.from_numpy(wave)[None] * 32768.0, num_mel_bins=bins, sample_frequency=RATE)
 
 
-def tiny_encoder(bins: int = 80) -> AudioEncoder:
+def tiny_encoder(bins: int = 80, block: str = "transformer") -> AudioEncoder:
     return AudioEncoder(num_mel_bins=bins, conv_channels=16, d_model=16, num_layers=1, num_heads=2, ffn_dim=32,
-                        dropout=0.0)
+                        dropout=0.0, block=block, conformer_kernel_size=7)
 
 
 # --- plugin contract ------------------------------------------------------------------------------
@@ -219,10 +219,11 @@ def test_mask_after_subsampling_matches_true_lengths():
     assert encoder.subsample.output_lengths(torch.tensor(lengths)).tolist() == expected
 
 
-def test_padding_never_changes_a_row():
+@pytest.mark.parametrize("block", ["transformer", "conformer"])
+def test_padding_never_changes_a_row(block):
     """A row encodes the same alone and inside a padded batch (padding never leaks into real frames)."""
     torch.manual_seed(0)
-    encoder = tiny_encoder().eval()
+    encoder = tiny_encoder(block=block).eval()
     items = [torch.randn(n, 80) for n in (50, 213, 7)]
     processor = AudioProcessor()
     together = encoder(processor.collate(items))
