@@ -25,7 +25,7 @@ from .decoder import TransformerDecoder
 from .errors import ConfigError
 from .fusion import FUSION_MODES, GatedCrossAttention, SourcesContext
 from .generation import GenerationConfig, Hypothesis, generate
-from .sources import PRESENT, encoder_configs
+from .sources import CONTEXT, PRESENT, encoder_configs
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +58,25 @@ class EncoderDecoder(nn.Module):
                               f"(`{PRESENT}` [B] marks the rows of a source that some samples lack)")
         return next(iter(sizes.values()))
 
+    def _run_encoder(self, name: str, features: Mapping[str, torch.Tensor], rows: int) -> Context:
+        """The encoder's context of `rows` samples, or the context a cache read for them (`CONTEXT`: the
+        encoder is frozen and ran before training, mmxattn/context_cache.py)."""
+        if CONTEXT in features:
+            return Context(features[CONTEXT], features["mask"])
+        return registry.check_context(name, self.encoders[name](features), rows)
+
     def _encode_source(self, name: str, batch: Mapping[str, torch.Tensor] | None, batch_size: int) -> Context:
         """One source's bridged context [B, S, D]; rows lacking the source are all padding."""
         present = None if batch is None else batch.get(PRESENT)
         if batch is not None and present is None:
-            context = registry.check_context(name, self.encoders[name](batch), batch_size)
-            return self.bridges[name](context)
+            return self.bridges[name](self._run_encoder(name, batch, batch_size))
         rows = None if present is None else present.nonzero().squeeze(1)  # [b] rows that have this source
         if rows is None or rows.numel() == 0:  # no sample of this batch has the source: no positions
             weight = self.decoder.embed.weight
             return Context(weight.new_zeros(batch_size, 0, self.decoder.d_model),
                            torch.zeros(batch_size, 0, dtype=torch.bool, device=weight.device))
         features = {key: value for key, value in batch.items() if key != PRESENT}
-        context = self.bridges[name](registry.check_context(name, self.encoders[name](features), rows.numel()))
+        context = self.bridges[name](self._run_encoder(name, features, rows.numel()))
         states = context.states.new_zeros(batch_size, *context.states.shape[1:]).index_copy(0, rows, context.states)
         mask = context.mask.new_zeros(batch_size, context.mask.shape[1]).index_copy(0, rows, context.mask)
         return Context(states, mask)  # [B, S, D], [B, S]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from .errors import ConfigError
 
 PRESENT = "present"  # reserved key of a source's batch: [B] bool, which rows have this source
+CONTEXT = "context"  # reserved key of a source's batch: [B, S, D] its encoder's output, read from a cache
 
 
 def encoder_configs(cfg) -> dict:

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from .checkpoint import (AtomicCheckpointIO, LastCheckpoint, export_model, load_checkpoint_file, verify_checkpoint_file,
                          without_initial_weights)
 from .config_checks import check_config
+from .context_cache import prepare_context_caches
 from . import quickstart
 from .data.multitask import datamodule_from_config, is_multitask, task_specs
 from .errors import ConfigError, TrainingInterrupted
@@ -216,6 +217,14 @@ def _refuse_a_used_run_folder(output_dir: Path) -> None:
         )
 
 
+def _cache_device(cfg: DictConfig) -> str:
+    """Where frozen encoders fill their context caches: the GPU when training has one (a ViT-L over COCO on a
+    CPU would take hours), else the CPU."""
+    import torch
+
+    return "cuda" if cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu"
+
+
 def train(cfg: DictConfig) -> dict:
     started = time.monotonic()
     check_config(cfg)  # before anything is read, generated or written
@@ -234,6 +243,7 @@ def train(cfg: DictConfig) -> dict:
     datamodule = datamodule_from_config(cfg)
     datamodule.prepare(("train", "valid"))
     model = build_model(cfg, datamodule.tokenizers)
+    prepare_context_caches(model, datamodule, cfg, _cache_device(cfg))  # frozen encoders with `cache`: run once
     if cfg.get("cpu_speedups") and cfg.trainer.get("accelerator") == "cpu":
         apply_cpu_speedups(model)  # plain nn.Dropout in the model; a cheaper mask drawn on CPUs
     task = build_task(cfg, model)
@@ -309,6 +319,7 @@ def train(cfg: DictConfig) -> dict:
 
     if tasks and all(spec.data.get("test") for spec in task_specs(cfg).values()):
         datamodule.prepare(("test",))
+        prepare_context_caches(model, datamodule, cfg, _cache_device(cfg))
         hyps = decode_split(model, datamodule, "test", GenerationConfig(**cfg.generation))
         dataset = datamodule.splits["test"]
         scores = score_tasks(tasks, list(enumerate(hyps)), dataset.samples, dataset.task_of)
@@ -321,6 +332,7 @@ def train(cfg: DictConfig) -> dict:
         results["test_score"] = mean_score(tasks, scores)
     elif not tasks and cfg.data.get("test"):
         datamodule.prepare(("test",))
+        prepare_context_caches(model, datamodule, cfg, _cache_device(cfg))
         scores, hyps = score_split(model, datamodule, "test", GenerationConfig(**cfg.generation), cfg.eval.metrics)
         (output_dir / "test.hyp").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
         for name, score in scores.items():
