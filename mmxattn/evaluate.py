@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 import torch
 
 from .data.datamodule import Seq2SeqDataModule
 from .generation import GenerationConfig
 from .metrics import Score, score_all
 from .model import EncoderDecoder
+
+log = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
@@ -17,9 +22,15 @@ def decode_split(model: EncoderDecoder, datamodule: Seq2SeqDataModule, split: st
     model.eval()
     dataset = datamodule.splits[split]
     outputs: list[str | None] = [None] * len(dataset)
+    started = last_report = time.monotonic()
+    done = 0
     for batch in datamodule.loader(split, shuffle=False):
+        if time.monotonic() - last_report > 30:  # a long decode says how far it is (every 30 s)
+            last_report = time.monotonic()
+            log.info("decoding %s: %d / %d samples (%.0f s)", split, done, len(dataset), last_report - started)
         if "inputs" not in batch:
             continue
+        done += len(batch["index"])
         inputs = {name: {k: v.to(device) for k, v in feats.items()} for name, feats in batch["inputs"].items()}
         hyps = model.generate(inputs, gen, prompt=batch.get("prompt", ()))
         for index, hyp in zip(batch["index"].tolist(), hyps):

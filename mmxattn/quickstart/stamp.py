@@ -8,9 +8,14 @@ regenerates it on the next run.
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 from ..errors import DataError
+
+log = logging.getLogger(__name__)
+_started: dict[str, float] = {}  # root -> when its generation began, for the log
 
 STAMP = "CORPUS"
 STAMP_PREFIX = "synthetic-"  # every generator's description starts with it: "synthetic-translation v1 ..."
@@ -58,9 +63,13 @@ def begin(root: str | Path, description: str) -> bool:
         return True
     root.mkdir(parents=True, exist_ok=True)
     stamp.write_text(f"{STAMP_PREFIX}being-written: {description}\n", encoding="utf-8")
+    _started[str(root)] = time.monotonic()
+    log.info("generating %s in %s (once: later runs reuse it) ...", description, root)
     return False
 
 
 def finish(root: str | Path, description: str) -> None:
     """Mark the corpus complete (the last write: a crash before it regenerates everything)."""
     (Path(root) / STAMP).write_text(description + "\n", encoding="utf-8")
+    started = _started.pop(str(root), None)
+    log.info("generated %s in %s%s", description, root, f" in {time.monotonic() - started:.0f} s" if started else "")
