@@ -8,7 +8,10 @@
    of a same-sized transformers Marian model on the same batch (32 × 30 tokens by default). On CPU the
    mmxattn model gets `mmxattn.training.cpu_speedups.apply_cpu_speedups` (every nn.Dropout becomes a
    FastCpuDropout), as mmx-train applies it on CPU with `cpu_speedups: true` (the default);
-   `--no-cpu-speedups` measures the plain model. The peer runs as transformers ships it.
+   `--no-cpu-speedups` measures the plain model. The peer runs as transformers ships it. The two steps
+   alternate (mmxattn, transformers, mmxattn, ...) for `--repeats` + 2 pairs (default --repeats 5: 7
+   pairs); the table gives the median step times, and the ratio (transformers step time ÷ mmxattn step
+   time, > 1 = mmxattn faster) of each pair is printed, with their minimum and median.
 2. MFU: the model FLOPs of that step ÷ its time, against two peaks: the nominal fp32 peak (cores × clock
    × FLOPs/cycle, assumptions printed) and the measured matmul ceiling, read right before each timed step
    (the median of the per-step ratios).
@@ -211,6 +214,8 @@ def step_comparison(env, batch_size: int, length: int) -> dict:
     )
     flops = common.training_flops(env.size, batch_size, batch["src"].shape[1], batch["target_in"].shape[1])
     t_ours, t_peer = (statistics.median(t for t, _ in runs) for runs in (runs_ours, runs_peer))
+    # each repeat ran mmxattn then the peer: one ratio per adjacent pair, so the spread shows, unfavourable ones included
+    pair_ratios = [peer_t / ours_t for (ours_t, _), (peer_t, _) in zip(runs_ours, runs_peer)]
     mfu_ours, mfu_peer = (statistics.median(flops / t / peak for t, peak in runs) for runs in (runs_ours, runs_peer))
     nominal = env.nominal.flops if env.nominal is not None else None
     peaks = [peak for _, peak in runs_ours + runs_peer]
@@ -225,14 +230,20 @@ def step_comparison(env, batch_size: int, length: int) -> dict:
     print("| | mmxattn | transformers | ratio |")
     print("|---|---:|---:|---:|")
     print(f"| step time (ms) | {1e3 * t_ours:,.0f} | {1e3 * t_peer:,.0f} | {t_peer / t_ours:.2f}× |")
+    print(f"| step-time ratio of the {len(pair_ratios)} alternating pairs, minimum / median | | "
+          f"| {min(pair_ratios):.2f}× / {statistics.median(pair_ratios):.2f}× |")
     print(f"| target tokens/s | {common.fmt_rate(tokens / t_ours)} | {common.fmt_rate(tokens / t_peer)} | |")
     if nominal is not None:
         print(f"| MFU vs nominal peak ({nominal / 1e9:,.0f} GFLOP/s) | {100 * flops / t_ours / nominal:.1f}% "
               f"| {100 * flops / t_peer / nominal:.1f}% | |")
     print(f"| MFU vs measured matmul ceiling | {100 * mfu_ours:.1f}% | {100 * mfu_peer:.1f}% | |", flush=True)
-    print("# every timed step (s): mmxattn " + ", ".join(f"{t:.2f}" for t, _ in runs_ours)
-          + "; transformers " + ", ".join(f"{t:.2f}" for t, _ in runs_peer))
-    return dict(step_ours=t_ours, step_peer=t_peer, ratio=t_peer / t_ours, mfu=mfu_ours, mfu_peer=mfu_peer,
+    print("# every timed step (s): mmxattn " + ", ".join(f"{t:.3g}" for t, _ in runs_ours)
+          + "; transformers " + ", ".join(f"{t:.3g}" for t, _ in runs_peer))
+    print("# every pair's ratio (transformers step time ÷ mmxattn step time, in the order run): "
+          + ", ".join(f"{r:.2f}" for r in pair_ratios)
+          + f"; minimum {min(pair_ratios):.2f}, median {statistics.median(pair_ratios):.2f}")
+    return dict(step_ours=t_ours, step_peer=t_peer, ratio=t_peer / t_ours, ratio_min=min(pair_ratios),
+                ratio_median=statistics.median(pair_ratios), pair_ratios=pair_ratios, mfu=mfu_ours, mfu_peer=mfu_peer,
                 mfu_nominal=None if nominal is None else flops / t_ours / nominal,
                 mfu_nominal_peer=None if nominal is None else flops / t_peer / nominal,
                 speedups=cpu_speedups(env))
@@ -244,6 +255,7 @@ def step_comparison(env, batch_size: int, length: int) -> dict:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_args(parser)
+    parser.set_defaults(repeats=5)  # the step ratio is reported as minimum and median over repeats + 2 pairs
     parser.add_argument("--batch", type=int, default=None, help="sentences per step (default 32; cuda 128)")
     parser.add_argument("--length", type=int, default=30, help="source and target tokens per sentence")
     parser.add_argument("--multi30k", default=str(DEFAULT_MULTI30K), help="folder with train.{en,de}.gz")

@@ -194,7 +194,9 @@ class Seq2SeqTask(L.LightningModule):
             return
         loss, ntokens = self._loss(batch)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=int(batch["target_in"].shape[0]))
-        if self.last_ctc is not None:
+        # synchronised across ranks, so every rank must log it from every batch: in a multitask run only some
+        # batches have CTC (batch["ctc"]), and val/ctc is left out there (train/ctc, per step, still shows it)
+        if self.last_ctc is not None and "ctc" not in batch:
             self.log("val/ctc", self.last_ctc / ntokens.clamp(min=1), sync_dist=True,
                      batch_size=int(batch["target_in"].shape[0]))
 

@@ -212,3 +212,30 @@ def test_covost_joint_recipe_trains_a_few_steps(tmp_path):
     results = train(cfg)
     assert {"test_speech_bleu", "test_text_bleu", "val_speech_bleu"} <= set(results), results
     assert len((tmp_path / "run" / "test.speech.hyp").read_text().splitlines()) == 6
+
+
+def test_ddp_trains_tasks_whose_batches_leave_an_encoder_unused(tmp_path):
+    """Two processes, two tasks with an encoder each: every step leaves one encoder without gradient. With
+    plain `strategy=ddp` that would stop DDP; a multitask run switches it to find unused parameters."""
+    import subprocess
+    import sys
+
+    from mmxattn.quickstart.speech import write_speech_corpus
+
+    from .run_helpers import cli_env
+
+    corpus = write_speech_corpus(tmp_path / "speech", train=24, valid=6, test=4, seed=3)
+    command = [
+        sys.executable, "-m", "mmxattn.cli.train", "recipe=multitask/speech_low_resource",
+        f"tasks.speech.data.root={corpus}", "tasks.speech.data.synthetic=null", f"tasks.text.data.root={corpus}",
+        "tasks.speech.train_fraction=0.5", "tasks.speech.data.min_batches_per_epoch=4",
+        "tasks.text.data.min_batches_per_epoch=4", "trainer=ddp_cpu", "trainer.strategy=ddp", "trainer.max_epochs=1",
+        "encoders.speech.conv_channels=16", "encoders.speech.d_model=32", "encoders.speech.num_layers=1",
+        "encoders.text.d_model=32", "encoders.text.num_layers=1", "decoder.d_model=32", "decoder.num_layers=1",
+        "generation.max_len=6", "eval.generation.max_len=6", "tokenizer.vocab_size=40", f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    # about 15 s; a rank that waits for another (a metric logged by one rank only) would hang until the timeout
+    done = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert {"test_speech_bleu", "test_text_bleu"} <= set(results)
