@@ -71,6 +71,8 @@ def test_schedules_share_batches_exactly():
     assert flat["small"] == pytest.approx(1000**0.2 / (9000**0.2 + 1000**0.2))  # p ∝ n^(1/T)
     fixed = mix_probabilities(sizes, {"schedule": "weights"}, {"big": 1.0, "small": 3.0})
     assert fixed == pytest.approx({"big": 0.25, "small": 0.75})
+    own = mix_probabilities(sizes, {"schedule": "batches"}, {}, batches={"big": 30, "small": 20})
+    assert own == pytest.approx({"big": 0.6, "small": 0.4})  # each task its own number of batches per epoch
     counts = exact_counts({"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}, 100)
     assert sum(counts.values()) == 100 and sorted(counts.values()) == [33, 33, 34]
 

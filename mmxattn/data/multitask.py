@@ -48,7 +48,7 @@ from .samples import Sample, SkipReport
 
 log = logging.getLogger(__name__)
 
-SCHEDULES = ("proportional", "temperature", "weights")
+SCHEDULES = ("batches", "proportional", "temperature", "weights")
 TAG = re.compile(r"^\S+$")
 
 
@@ -120,11 +120,15 @@ def task_specs(cfg) -> dict[str, TaskSpec]:
     return specs
 
 
-def mix_probabilities(sizes: Mapping[str, int], mix, weights: Mapping[str, float | None]) -> dict[str, float]:
-    """Each task's share of an epoch's batches: proportional to its samples (n), to n^(1/T) with
-    temperature sampling (T = 1 is proportional, larger T flattens towards uniform), or fixed weights."""
-    schedule = (mix or {}).get("schedule", "proportional")
-    if schedule == "proportional":
+def mix_probabilities(sizes: Mapping[str, int], mix, weights: Mapping[str, float | None],
+                      batches: Mapping[str, int] | None = None) -> dict[str, float]:
+    """Each task's share of an epoch's batches: its own number of batches (`batches`: an epoch is one pass
+    over every task, as if each trained alone), proportional to its samples (n), to n^(1/T) with temperature
+    sampling (T = 1 is proportional, larger T flattens towards uniform), or fixed weights."""
+    schedule = (mix or {}).get("schedule", "batches")
+    if schedule == "batches":
+        raw = {t: float((batches or sizes)[t]) for t in sizes}
+    elif schedule == "proportional":
         raw = {t: float(n) for t, n in sizes.items()}
     elif schedule == "temperature":
         temperature = float((mix or {}).get("temperature", 1.0))
@@ -356,8 +360,10 @@ class MultiTaskDataModule(L.LightningDataModule):
             budgets.append((max_tokens or own, data.get("max_sentences")))
         probabilities = None
         if split == "train":
+            natural = {t: len(TokenBudgetBatchSampler(d.sizes, max_tokens=b[0], max_sentences=b[1], shuffle=False))
+                       for (t, d), b in zip(dataset.datasets.items(), budgets)}
             shares = mix_probabilities({t: len(d) for t, d in dataset.datasets.items()}, self.mix,
-                                       {t: spec.weight for t, spec in self.tasks.items()})
+                                       {t: spec.weight for t, spec in self.tasks.items()}, natural)
             probabilities = [shares[t] for t in dataset.names]
         sampler = TaskMixBatchSampler([d.sizes for d in dataset.datasets.values()], budgets=budgets,
                                       probabilities=probabilities, shuffle=shuffle, seed=self.seed,
