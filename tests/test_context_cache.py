@@ -67,3 +67,14 @@ def test_the_cache_gives_the_same_losses_and_is_rebuilt_for_other_weights(captio
 def test_a_trained_encoder_cannot_be_cached(captions, tmp_path):
     with pytest.raises(ConfigError, match=r"encoder.cache=.*trains \(some weights are not frozen\).*freeze=all"):
         run(captions, tmp_path / "run", "encoder.freeze=none", f"encoder.cache={tmp_path / 'cache'}")
+
+
+def test_the_encoder_key_reads_every_weight_and_setting():
+    from mmxattn.context_cache import encoder_key
+
+    encoder = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))  # 0-d num_batches_tracked
+    key = encoder_key(encoder, {"name": "x", "size": 1, "cache": "/a"})
+    assert key == encoder_key(encoder, {"name": "x", "size": 1, "cache": "/b"})  # where the cache is: not a setting
+    assert key != encoder_key(encoder, {"name": "x", "size": 2})
+    encoder[1].num_batches_tracked += 1
+    assert key != encoder_key(encoder, {"name": "x", "size": 1})
