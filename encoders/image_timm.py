@@ -597,6 +597,9 @@ class TimmImageEncoder(nn.Module):
         self.norm = nn.LayerNorm(self.output_dim) if norm else None
         self.freeze = parse_freeze(freeze)
         self._apply_freeze()
+        # frozen parts in eval mode from the start: Lightning (2.2+) keeps the modes a model is built with and
+        # never calls train() at fit start, so BatchNorm would otherwise update the "frozen" statistics
+        self.train(self.training)
         if self.freeze != "none" and not (weights or pretrained):
             log.warning("encoder.freeze=%s with random weights (encoder.weights=null): the frozen part never learns",
                         self.freeze)

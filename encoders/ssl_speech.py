@@ -127,6 +127,7 @@ class SSLSpeechEncoder(nn.Module):
                        if self.downsample > 1 else nn.Linear(width, d_model))
         self.drop = nn.Dropout(dropout)
         self.output_dim = d_model
+        self.train(self.training)  # frozen parts in eval mode from the start (Lightning keeps the modes it is given)
 
     def train(self, mode: bool = True):
         super().train(mode)

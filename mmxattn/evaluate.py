@@ -34,7 +34,7 @@ def decode_split(model: EncoderDecoder, datamodule: Seq2SeqDataModule, split: st
         inputs = {name: {k: v.to(device) for k, v in feats.items()} for name, feats in batch["inputs"].items()}
         hyps = model.generate(inputs, gen, prompt=batch.get("prompt", ()))
         for index, hyp in zip(batch["index"].tolist(), hyps):
-            outputs[index] = datamodule.tokenizers.target.decode(hyp[0].tokens)
+            outputs[index] = datamodule.tokenizers.target.decode(hyp[0].tokens) if hyp else ""  # none: NaN scores
     return [o if o is not None else "" for o in outputs]
 
 

@@ -134,6 +134,7 @@ def test_fully_frozen_backbone_builds_no_graph_and_does_not_change(arch, images)
     base, _, _ = ARCHS[arch]
     encoder, processor = build(image_cfg(base, freeze="all"))
     assert not any(p.requires_grad for p in encoder.parameters())
+    assert not encoder.backbone.training  # as built: Lightning keeps a model's modes and never calls .train()
     before, context = _step(encoder, processor, images)
     assert not context.states.requires_grad  # ran under no_grad: no activations kept for backward
     assert not encoder.backbone.training  # eval mode even after .train(): BatchNorm statistics stay put

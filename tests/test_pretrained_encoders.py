@@ -124,7 +124,9 @@ def saved_bundle_model(tmp_path: Path, bundle: str, arch: dict | None = None, se
 
 def test_ssl_encoder_loads_a_full_size_wav2vec2_and_stays_frozen(tmp_path):
     path = saved_bundle_model(tmp_path, "WAV2VEC2_BASE")
-    encoder = ssl_encoder(bundle="WAV2VEC2_BASE", weights=str(path), train_layers=0).train()
+    encoder = ssl_encoder(bundle="WAV2VEC2_BASE", weights=str(path), train_layers=0)
+    assert not encoder.model.training  # as built: Lightning keeps a model's modes and never calls .train()
+    encoder.train()
     saved = torch.load(path, weights_only=True)
     for key, value in encoder.model.state_dict().items():
         torch.testing.assert_close(value, saved[key], msg=key)
