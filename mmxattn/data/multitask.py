@@ -57,7 +57,7 @@ class TaskSpec:
     """One task of a multitask run, from `tasks.<name>`."""
 
     name: str
-    data: Any  # its `data` section (format, root, splits, ...), with the shared batching keys
+    data: Any  # its `data` section (format, root, splits, batch budget, ...)
     sources: dict[str, str]  # the reader's source name -> the model's encoder (a key of `encoders`)
     prompt: list[str]  # tags the decoder reads before the target
     metrics: list[str]
