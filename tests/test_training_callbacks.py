@@ -58,7 +58,7 @@ class StubModel(nn.Module):
         self.weight = nn.Parameter(torch.zeros(1))
         self.right = 0
 
-    def generate(self, inputs, gen: GenerationConfig) -> list[list[Hypothesis]]:
+    def generate(self, inputs, gen: GenerationConfig, prompt=()) -> list[list[Hypothesis]]:
         assert gen.max_len <= 2 * 3 + 10  # capped near the references' length (target_in is [B, 3])
         return [[Hypothesis(tokens=[i, i] if i < self.right else [5, 5, 5], score=0.0)] for i in inputs.tolist()]
 
