@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import statistics
 import sys
 import tempfile
@@ -136,39 +137,93 @@ CT2_LABELS = {"float32": "ct2 fp32", "int8": "ct2 int8", "int8_float32": "ct2 in
               "int8_bfloat16": "ct2 int8+bf16"}
 
 
-def ct2_translators(peer, size: common.ModelSize, env) -> tuple[dict, list[str]] | None:
-    """{label: ctranslate2.Translator} for the two compute types, and the vocabulary; None (and a line saying
-    why) where ctranslate2 is missing or cannot run here."""
+class CT2Worker:
+    """The CTranslate2 translators, in a process of their own.
+
+    Loaded into this process, ctranslate2 (its own OpenMP runtime and thread pool next to torch's) slowed
+    every torch side on a 2-core CPU to 40-60% of its speed (measured 2026-12-01: mmxattn greedy batch 1
+    201 -> 86 tok/s, transformers 143 -> 64): a comparison that says more about two runtimes sharing cores
+    than about either decoder. So the translators live in a spawned child that never meets torch's threads;
+    each timed call sends the batch and waits for the result (a pipe round trip, well under a millisecond,
+    is inside CT2's time). The child converts the very same weights: the peer saved with save_pretrained.
+    """
+
+    def __init__(self, peer, size: common.ModelSize, env):
+        import multiprocessing
+
+        self.device = "cuda" if env.device.type == "cuda" else "cpu"
+        self.computes = ct2_compute_types(env)
+        self.labels = [CT2_LABELS[c] for c in self.computes]
+        self.vocabulary = ct2_vocabulary(size.vocab)
+        self.tmp = tempfile.TemporaryDirectory(prefix="mmx_ct2_peer_")
+        peer.save_pretrained(self.tmp.name)
+        self.conn, child = multiprocessing.Pipe()
+        self.process = multiprocessing.get_context("spawn").Process(
+            target=_ct2_serve, args=(child, self.tmp.name, self.vocabulary, self.device, self.computes,
+                                     torch.get_num_threads()), daemon=True)
+        self.process.start()
+        status, payload = self.conn.recv()
+        if status != "ok":
+            self.close()
+            raise RuntimeError(payload)
+        self.version, self.diffs = payload
+
+    def decode(self, label: str, source: list[list[str]], beam: int, new_tokens: int) -> set[int]:
+        self.conn.send(("decode", label, source, beam, new_tokens))
+        return self.conn.recv()
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            self.conn.send(("stop",))
+            self.process.join(timeout=10)
+        self.tmp.cleanup()
+
+
+def _ct2_serve(conn, peer_dir: str, vocabulary: list[str], device: str, computes, threads: int) -> None:
+    """The child: convert the saved peer, check the conversion, then decode on request."""
     try:
         import ctranslate2
-    except ImportError:
-        print("# ct2 columns skipped: ctranslate2 is not installed (pip install -e \".[bench]\")")
-        return None
-    device = "cuda" if env.device.type == "cuda" else "cpu"
-    if device == "cuda" and ctranslate2.get_cuda_device_count() == 0:
-        print(f"# ct2 columns skipped: ctranslate2 {ctranslate2.__version__} sees no CUDA device (a CPU-only build?)")
-        return None
-    vocabulary = ct2_vocabulary(size.vocab)
-    try:
+        from transformers import MarianMTModel
+
+        peer = MarianMTModel.from_pretrained(peer_dir).eval()
         with tempfile.TemporaryDirectory(prefix="mmx_ct2_") as tmp:
             convert_peer_to_ct2(peer, vocabulary, tmp)
-            translators = {
-                CT2_LABELS[compute]: ctranslate2.Translator(
-                    tmp, device=device, compute_type=compute, inter_threads=1, intra_threads=torch.get_num_threads())
-                for compute in ct2_compute_types(env)
-            }  # the model is read into memory here; the folder can go
+            translators = {CT2_LABELS[c]: ctranslate2.Translator(tmp, device=device, compute_type=c, inter_threads=1,
+                                                                 intra_threads=threads) for c in computes}
         diffs = check_ct2_conversion(translators, peer, vocabulary, tolerance=1e-3 if device == "cpu" else 5e-2)
+        del peer
+        conn.send(("ok", (ctranslate2.__version__, diffs)))
+    except Exception as error:  # reported by the parent as the reason the CT2 columns are skipped
+        conn.send(("error", f"{type(error).__name__}: {error}"))
+        return
+    while True:
+        message = conn.recv()
+        if message[0] == "stop":
+            return
+        _, label, source, beam, new_tokens = message
+        results = ct2_decode(translators[label], source, beam=beam, new_tokens=new_tokens)
+        conn.send({len(result.hypotheses[0]) for result in results})
+
+
+def ct2_worker(peer, size: common.ModelSize, env) -> CT2Worker | None:
+    """The CTranslate2 peer in its own process; None (and a line saying why) where it cannot run here."""
+    if importlib.util.find_spec("ctranslate2") is None:
+        print("# ct2 columns skipped: ctranslate2 is not installed (pip install -e \".[bench]\")")
+        return None
+    try:
+        worker = CT2Worker(peer, size, env)
     except Exception as error:  # e.g. a CUDA build of ctranslate2 that finds no CUDA 12 libraries
         print(f"# ct2 columns skipped: {type(error).__name__}: {error}")
         return None
-    computes = ", ".join(f"{label} = compute_type {c!r}" for label, c in zip(translators, ct2_compute_types(env)))
-    print(f"# CTranslate2 {ctranslate2.__version__}: the transformers peer's weights converted (TransformersConverter, "
-          f"Marian loader without the opus-mt pad-row/zero-start conventions); {computes}; device {device}, "
-          f"intra_threads {torch.get_num_threads()}, inter_threads 1; translate_batch with min = max decoding length "
-          f"= new tokens, end_token=[]")
+    computes = ", ".join(f"{label} = compute_type {c!r}" for label, c in zip(worker.labels, worker.computes))
+    print(f"# CTranslate2 {worker.version}, in a process of its own (loaded next to torch it slowed the torch sides "
+          f"to 40-60%): the transformers peer's weights converted (TransformersConverter, Marian loader without "
+          f"the opus-mt pad-row/zero-start conventions); {computes}; device {worker.device}, intra_threads "
+          f"{torch.get_num_threads()}, inter_threads 1; translate_batch with min = max decoding length = new "
+          f"tokens, end_token=[]; its time includes the pipe round trip")
     print("# conversion check, log-probs of 4 random targets against the fp32 peer's: max |difference| "
-          + ", ".join(f"{label} {d:.1e}" for label, d in diffs.items()))
-    return translators, vocabulary
+          + ", ".join(f"{label} {d:.1e}" for label, d in worker.diffs.items()))
+    return worker
 
 
 def check_ct2_conversion(translators: dict, peer, vocabulary: list[str], *, tolerance: float) -> dict[str, float]:
@@ -217,15 +272,15 @@ def decode_flops(size: common.ModelSize, mask: torch.Tensor, beam: int, new_toke
     return flops
 
 
-def check_same_work(models: dict, peer, ct2: dict, tokens, mask, source, beam: int, new_tokens: int) -> None:
+def check_same_work(models: dict, peer, ct2: CT2Worker | None, tokens, mask, source, beam: int, new_tokens: int) -> None:
     """Every side must produce exactly `new_tokens` tokens per source, or the comparison is unfair."""
     for backend, model in models.items():
         ours = mmx_decode(model, tokens, mask, beam=beam, new_tokens=new_tokens)
         assert all(len(h[0].tokens) + 1 == new_tokens for h in ours), f"mmxattn ({backend}) did not decode the forced length"
     theirs = peer_decode(peer, tokens, mask, beam=beam, new_tokens=new_tokens)
     assert theirs.shape[1] == new_tokens + 1, f"transformers decoded {theirs.shape[1] - 1} tokens, not {new_tokens}"
-    for label, translator in ct2.items():
-        lengths = {len(result.hypotheses[0]) for result in ct2_decode(translator, source, beam=beam, new_tokens=new_tokens)}
+    for label in ct2.labels if ct2 else []:
+        lengths = ct2.decode(label, source, beam, new_tokens)
         assert lengths == {new_tokens}, f"{label} decoded {sorted(lengths)} tokens, not {new_tokens}"
 
 
@@ -255,8 +310,8 @@ def main(argv=None) -> list[dict]:
     models = {name: common.for_inference(base if len(requested) == 1 else copy.deepcopy(base), env, backend)
               for name, backend in zip(names, requested)}
     peer = common.peer_model(env.size)  # fp32 on the CPU: converted to CTranslate2 as it is, then placed
-    made = None if args.no_ct2 else ct2_translators(peer, env.size, env)
-    ct2, vocabulary = made if made is not None else ({}, None)
+    ct2 = None if args.no_ct2 else ct2_worker(peer, env.size, env)
+    labels = ct2.labels if ct2 else []
     if args.no_ct2:
         print("# ct2 columns left out (--no-ct2)")
     peer = common.place(peer, env)
@@ -270,8 +325,8 @@ def main(argv=None) -> list[dict]:
               + [f"ratio ({b})" if several else "ratio" for b in names]
               + [f"{ours_col[b] if several else 'mmxattn'} % of nominal peak" for b in names]
               + [f"{ours_col[b] if several else 'mmxattn'} % of measured matmul ceiling" for b in names]
-              + [f"{label} tok/s" for label in ct2])
-    int8_label = list(ct2)[1] if ct2 else None
+              + [f"{label} tok/s" for label in labels])
+    int8_label = labels[1] if ct2 else None
     if int8_label:
         header += [f"{ours_col[b]} ÷ {int8_label}" for b in names]
     print("| " + " | ".join(header) + " |")
@@ -281,13 +336,13 @@ def main(argv=None) -> list[dict]:
     for beam in args.beams:
         for batch in batch_sizes:
             tokens, mask = common.source_batch(batch, args.source_len, env.size.vocab, device=env.device)
-            source = ct2_source(vocabulary, tokens, mask) if ct2 else None
+            source = ct2_source(ct2.vocabulary, tokens, mask) if ct2 else None
             check_same_work(models, peer, ct2, tokens, mask, source, beam, new_tokens)
             sides = {ours_col[b]: (lambda m=m: mmx_decode(m, tokens, mask, beam=beam, new_tokens=new_tokens))
                      for b, m in models.items()}
             sides["transformers"] = lambda: peer_decode(peer, tokens, mask, beam=beam, new_tokens=new_tokens)
-            for label, translator in ct2.items():
-                sides[label] = lambda t=translator: ct2_decode(t, source, beam=beam, new_tokens=new_tokens)
+            for label in labels:
+                sides[label] = lambda label=label: ct2.decode(label, source, beam, new_tokens)
             runs = dict(zip(sides, common.time_runs(list(sides.values()), env.device, repeats=env.repeats,
                                                     warmup=env.warmup)))
             generated = batch * new_tokens
@@ -308,14 +363,14 @@ def main(argv=None) -> list[dict]:
                 peer=speed["transformers"], ratio=first["ratio"], flops_per_s=first["flops_per_s"],
                 peak_fraction=first["peak_fraction"], nominal_fraction=first["nominal_fraction"],
                 backends={b: {k: v for k, v in d.items() if k != "cells"} for b, d in per_backend.items()},
-                ct2={label: speed[label] for label in ct2},
+                ct2={label: speed[label] for label in labels},
                 runs={side: [generated / t for t in times] for side, times in runs.items()},
             )
             rows.append(row)
             cells = ([row["strategy"], str(batch)] + [common.fmt_rate(per_backend[b]["ours"]) for b in names]
                      + [common.fmt_rate(row["peer"])] + [f"{per_backend[b]['ratio']:.2f}×" for b in names]
                      + [per_backend[b]["cells"][0] for b in names] + [per_backend[b]["cells"][1] for b in names]
-                     + [common.fmt_rate(speed[label]) for label in ct2])
+                     + [common.fmt_rate(speed[label]) for label in labels])
             if int8_label:
                 cells += [f"{per_backend[b]['vs_ct2_int8']:.2f}×" for b in names]
             print("| " + " | ".join(cells) + " |", flush=True)
@@ -324,6 +379,8 @@ def main(argv=None) -> list[dict]:
         print(f"# {row['strategy']}, batch {row['batch']}: "
               + "; ".join(f"{side} " + ", ".join(common.fmt_rate(x) for x in speeds) for side, speeds in row["runs"].items()))
     print(f"# load average (1, 5, 15 min) at end {common.load_average()}")
+    if ct2:
+        ct2.close()
     return rows
 
 
