@@ -30,6 +30,7 @@ from omegaconf import OmegaConf
 
 from . import registry
 from .errors import ConfigError
+from .data.guess import file_of
 from .sources import CONTEXT, encoder_configs
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,8 @@ def encoder_key(encoder: torch.nn.Module, enc_cfg: Mapping[str, Any]) -> str:
 def sample_key(raw: Any) -> str:
     """A hash of a raw input; for a file also its size and modification time (an edited file is new)."""
     text = str(raw)
-    path = Path(text.rsplit(":", 2)[0] if text.count(":") >= 2 and text.rsplit(":", 2)[1].isdigit() else text)
     try:
-        stat = path.stat()
+        stat = Path(file_of(text)).stat()
         text += f"|{stat.st_size}|{stat.st_mtime_ns}"
     except (OSError, ValueError):
         pass  # not a file (a text source): the text alone
@@ -95,7 +95,8 @@ def _frozen(encoder: torch.nn.Module) -> bool:
 def _fill(folder: Path, encoder: torch.nn.Module, processor: registry.Processor, raws: list, name: str,
           batch_size: int = 32, device: torch.device | str = "cpu") -> int:
     """Encode and write every raw input of `raws` not in `folder` yet; the number written."""
-    missing = list(dict.fromkeys(r for r in raws if not (folder / f"{sample_key(r)}.pt").is_file()))
+    keys = {raw: sample_key(raw) for raw in raws}  # one stat per file
+    missing = [raw for raw, key in keys.items() if not (folder / f"{key}.pt").is_file()]
     if not missing:
         return 0
     started, last_report = time.monotonic(), time.monotonic()
@@ -108,9 +109,9 @@ def _fill(folder: Path, encoder: torch.nn.Module, processor: registry.Processor,
             context = encoder(batch)
             for row, raw in enumerate(chunk):
                 states = context.states[row, context.mask[row]].float().cpu().clone()  # [S, D] real positions
-                tmp = folder / f".{sample_key(raw)}.{os.getpid()}.tmp"
+                tmp = folder / f".{keys[raw]}.{os.getpid()}.tmp"
                 torch.save(states, tmp)
-                os.replace(tmp, folder / f"{sample_key(raw)}.pt")  # atomic: a killed run leaves no half file
+                os.replace(tmp, folder / f"{keys[raw]}.pt")  # atomic: a killed run leaves no half file
             if time.monotonic() - last_report > 10 or start + batch_size >= len(missing):
                 last_report = time.monotonic()
                 done = min(start + batch_size, len(missing))

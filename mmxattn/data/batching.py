@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 ERROR = "error"
 
 
+def world_and_rank(trainer) -> tuple[int, int]:
+    """(processes, this one's rank) of the trainer a data module is attached to; (1, 0) without one."""
+    return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+
 def epoch_budget(sizes: Sequence[int], max_tokens: int, min_batches: int | None) -> int:
     """`max_tokens`, lowered on small data so that an epoch has at least `min_batches` batches.
 

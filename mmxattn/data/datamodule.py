@@ -20,7 +20,7 @@ from ..ctc import settings as ctc_settings
 from ..errors import ConfigError, DataError
 from ..sources import PRESENT, encoder_configs
 from ..tokenizer import BOS, EOS, PAD, Tokenizers
-from .batching import ERROR, ResumableDataLoader, TokenBudgetBatchSampler, epoch_budget
+from .batching import ERROR, ResumableDataLoader, TokenBudgetBatchSampler, epoch_budget, world_and_rank
 from .samples import Sample, SkipReport
 
 log = logging.getLogger(__name__)
@@ -240,14 +240,9 @@ class Seq2SeqDataModule(L.LightningDataModule):
         return Seq2SeqDataset(kept, targets, sizes, processors, skip_invalid=self.data_cfg.skip_invalid,
                               ctc_targets=ctc_targets if with_transcripts else None)
 
-    def _world(self) -> tuple[int, int]:
-        if self.trainer is not None:
-            return self.trainer.world_size, self.trainer.global_rank
-        return 1, 0
-
     def loader(self, split: str, *, shuffle: bool, max_tokens: int | None = None) -> DataLoader:
         dataset = self.splits[split]
-        world, rank = self._world()
+        world, rank = world_and_rank(self.trainer)
         if max_tokens is None and split == "train":
             max_tokens = epoch_budget(dataset.sizes, self.data_cfg.max_tokens, self.data_cfg.get("min_batches_per_epoch"))
             if max_tokens != self.data_cfg.max_tokens and not getattr(self, "_budget_logged", False):

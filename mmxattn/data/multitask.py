@@ -42,7 +42,7 @@ from ..errors import ConfigError, PluginError
 from ..metrics import check_metric_names
 from ..sources import encoder_configs
 from ..tokenizer import Tokenizers
-from .batching import ERROR, ResumableDataLoader, TokenBudgetBatchSampler, epoch_budget
+from .batching import ERROR, ResumableDataLoader, TokenBudgetBatchSampler, epoch_budget, world_and_rank
 from .datamodule import Collater, Seq2SeqDataModule, Seq2SeqDataset
 from .samples import Sample, SkipReport
 
@@ -215,7 +215,6 @@ class MultiTaskDataset(Dataset):
         self.offsets = np.cumsum([0] + [len(d) for d in self.datasets.values()]).tolist()
         self.samples: list[Sample] = [s for d in self.datasets.values() for s in d.samples]
         self.sizes: list[int] = [s for d in self.datasets.values() for s in d.sizes]
-        self.targets = [t for d in self.datasets.values() for t in d.targets]
 
     def __len__(self) -> int:
         return self.offsets[-1]
@@ -344,15 +343,10 @@ class MultiTaskDataModule(L.LightningDataModule):
                 ids.append(token)
             self.prompts[name] = ids
 
-    def _world(self) -> tuple[int, int]:
-        if self.trainer is not None:
-            return self.trainer.world_size, self.trainer.global_rank
-        return 1, 0
-
     def loader(self, split: str, *, shuffle: bool, max_tokens: int | None = None) -> ResumableDataLoader:
         """max_tokens: one budget for every task (evaluation may raise it); None = each task's own."""
         dataset = self.splits[split]
-        world, rank = self._world()
+        world, rank = world_and_rank(self.trainer)
         budgets = []
         for name, data in ((t, self.tasks[t].data) for t in dataset.names):
             own = epoch_budget(dataset.datasets[name].sizes, data.max_tokens, data.get("min_batches_per_epoch")) \
