@@ -27,6 +27,11 @@ class TextEncoder(nn.Module):
         self.encoder = TransformerEncoder(d_model, num_layers, num_heads, ffn_dim, dropout)
         self.register_buffer("positions", sinusoidal_positions(1024, d_model), persistent=False)
 
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        """What decoder.tie_source_embeddings=true shares with the decoder (mmxattn.model.tie_source_embeddings)."""
+        return self.embed
+
     def forward(self, batch: Mapping[str, torch.Tensor]) -> Context:
         tokens, mask = batch["tokens"], batch["mask"]  # [B, S], [B, S]
         if tokens.shape[1] > self.positions.shape[0]:

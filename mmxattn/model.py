@@ -137,7 +137,8 @@ def build_model(cfg, tokenizers) -> EncoderDecoder:
 def build_encoder_decoder(encoders: Mapping[str, Mapping], decoder: Mapping, tokenizers, *, fusion: Mapping | None = None,
                           ctc_vocab_size: int | None = None, ctc_target: str = "target") -> EncoderDecoder:
     """The model from its parts' configs: {source: encoder config (with the plugin `name`)}, the decoder
-    config (d_model, num_layers, num_heads, ffn_dim, dropout, tie_embeddings[, attn_dropout]), the
+    config (d_model, num_layers, num_heads, ffn_dim, dropout, tie_embeddings[, attn_dropout,
+    tie_source_embeddings]), the
     fusion config ({mode: concat | gated, gate_init}) and the CTC head's vocabulary size (None: no head)."""
     built = {source: registry.build_encoder(enc["name"], enc, tokenizer=tokenizers) for source, enc in encoders.items()}
     if decoder["d_model"] % decoder["num_heads"]:
@@ -158,7 +159,31 @@ def build_encoder_decoder(encoders: Mapping[str, Mapping], decoder: Mapping, tok
         sources, gate_init = list(built), float(fusion.get("gate_init", 0.0))
         options["cross_attention"] = lambda: GatedCrossAttention(
             decoder["d_model"], decoder["num_heads"], sources, dropout=options["attn_dropout"], gate_init=gate_init)
-    return EncoderDecoder(built, TransformerDecoder(**options), ctc_vocab_size=ctc_vocab_size, ctc_target=ctc_target)
+    target_decoder = TransformerDecoder(**options)
+    if decoder.get("tie_source_embeddings", False):
+        tie_source_embeddings(built, target_decoder, tokenizers)
+    return EncoderDecoder(built, target_decoder, ctc_vocab_size=ctc_vocab_size, ctc_target=ctc_target)
+
+
+def tie_source_embeddings(encoders: Mapping[str, nn.Module], decoder: TransformerDecoder, tokenizers) -> None:
+    """One embedding matrix for source tokens, target tokens and the output projection (fairseq's
+    --share-all-embeddings; Press & Wolf 2017): on small corpora it removes a third of a tiny model's
+    parameters and lets each piece learn from both sides. Needs one vocabulary (tokenizer.joint=true) and
+    encoders that embed token ids: an encoder exposes its nn.Embedding as `token_embedding`."""
+    if not tokenizers.joint:
+        raise ConfigError("decoder.tie_source_embeddings=true needs one vocabulary for sources and targets: "
+                          "set tokenizer.joint=true (or decoder.tie_source_embeddings=false)")
+    for source, encoder in encoders.items():
+        embedding = getattr(encoder, "token_embedding", None)
+        if not isinstance(embedding, nn.Embedding):
+            raise ConfigError(f"decoder.tie_source_embeddings=true, but the encoder of source {source!r} "
+                              f"({type(encoder).__name__}) has no token embedding to share: it is for text sources; "
+                              "set decoder.tie_source_embeddings=false")
+        if embedding.weight.shape != decoder.embed.weight.shape:
+            raise ConfigError(f"decoder.tie_source_embeddings=true, but source {source!r} embeds into "
+                              f"{tuple(embedding.weight.shape)} (vocabulary, width) and the decoder into "
+                              f"{tuple(decoder.embed.weight.shape)}: give the encoder and decoder the same d_model")
+        embedding.weight = decoder.embed.weight
 
 
 def ctc_vocab_size(cfg, tokenizers) -> int | None:

@@ -81,7 +81,9 @@ class EncoderPlugin:
     file_extensions: tuple[str, ...] = ()
 
     def build_encoder(self, cfg: Mapping[str, Any], *, tokenizer=None) -> nn.Module:
-        """An nn.Module with an integer `output_dim` and `forward(batch) -> Context`."""
+        """An nn.Module with an integer `output_dim` and `forward(batch) -> Context`. An encoder that embeds
+        the tokenizer's ids may expose its nn.Embedding as `token_embedding`, so that
+        decoder.tie_source_embeddings=true can share it with the decoder."""
         raise NotImplementedError
 
     def build_processor(self, cfg: Mapping[str, Any], *, tokenizer=None, train: bool = False) -> Processor:

@@ -7,12 +7,10 @@ import json
 
 from omegaconf import OmegaConf
 
-from ..ctc import settings as ctc_settings
 from ..data.datamodule import Seq2SeqDataModule
 from ..data.multitask import MultiTaskDataModule, is_multitask, task_specs, task_view
 from ..errors import ConfigError
 from ..evaluate import decode_split, score_split
-from ..sources import encoder_configs
 from ..training.validation import score_tasks
 from .common import checkpoint_parser, generation_config, load_model, parse_with_generation_args, user_errors_exit
 
@@ -76,14 +74,11 @@ def score_multitask(model, tokenizers, cfg, args, gen):
     if unset:
         raise ConfigError(f"tasks.{unset[0]}.data.{args.split} is not set in the model's config; pass "
                           f"tasks.{unset[0]}.data.{args.split}=<name>" + (", or choose a task with --task" if not args.task else ""))
-    tasks = {n: specs[n] for n in names}
-    weight, target = ctc_settings(cfg)
-    datamodule = MultiTaskDataModule(tasks, encoder_configs(cfg), cfg.tokenizer, seed=cfg.seed,
-                                     ctc_on_transcripts=bool(weight) and target == "source", tokenizers=tokenizers)
+    datamodule = MultiTaskDataModule.from_config(cfg, tokenizers, tasks=names)
     datamodule.prepare((args.split,))
     hyps = decode_split(model, datamodule, args.split, gen, args.device)
     dataset = datamodule.splits[args.split]
-    return score_tasks({n: s.metrics for n, s in tasks.items()}, list(enumerate(hyps)), dataset.samples,
+    return score_tasks({n: s.metrics for n, s in datamodule.tasks.items()}, list(enumerate(hyps)), dataset.samples,
                        dataset.task_of), hyps
 
 

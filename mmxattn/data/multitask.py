@@ -273,9 +273,14 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.prompts: dict[str, list[int]] = {}
 
     @classmethod
-    def from_config(cls, cfg, tokenizers: Tokenizers | None = None) -> "MultiTaskDataModule":
+    def from_config(cls, cfg, tokenizers: Tokenizers | None = None,
+                    tasks: Sequence[str] | None = None) -> "MultiTaskDataModule":
+        """`tasks`: only these (evaluating some tasks of a model); None = every task of the config."""
         weight, target = ctc_settings(cfg)
-        return cls(task_specs(cfg), encoder_configs(cfg), cfg.tokenizer, mix=cfg.get("mix"),
+        specs = task_specs(cfg)
+        if tasks is not None:
+            specs = {name: specs[name] for name in tasks}
+        return cls(specs, encoder_configs(cfg), cfg.tokenizer, mix=cfg.get("mix"),
                    num_workers=cfg.data.get("num_workers", 0), seed=cfg.seed,
                    ctc_on_transcripts=bool(weight) and target == "source", tokenizers=tokenizers)
 
