@@ -14,6 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError
 
+STRATEGIES = ("greedy", "beam", "sample", "ctc")  # generation.strategy (mmxattn.generation)
+
 _ABSENT = object()
 
 
@@ -110,7 +112,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 for _section in ("generation", "eval.generation"):
     RULES.update({
-        f"{_section}.strategy": one_of("greedy", "beam", "sample"),
+        f"{_section}.strategy": one_of(*STRATEGIES),
         f"{_section}.beam_size": integer(1),
         f"{_section}.nbest": integer(1),
         f"{_section}.max_len": integer(1),

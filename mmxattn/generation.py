@@ -1,4 +1,5 @@
-"""Decoding: greedy, batched beam search, and sampling over one `TransformerDecoder`.
+"""Decoding: greedy, batched beam search, and sampling over one `TransformerDecoder`; CTC best path over the
+model's CTC head.
 
 All strategies project the context into cross-attention K/V once (`decoder.start`) and keep it for the
 whole decode; beams of a source share that one copy. Rows (and sources) that finish are dropped from
@@ -14,6 +15,7 @@ from typing import Sequence
 import torch
 
 from . import ctc
+from .config_checks import STRATEGIES
 from .context import Context
 from .decoder import TransformerDecoder
 from .errors import ConfigError
@@ -22,7 +24,7 @@ from .tokenizer import BOS, EOS, PAD
 
 @dataclass
 class GenerationConfig:
-    strategy: str = "beam"  # greedy | beam | sample
+    strategy: str = "beam"  # greedy | beam | sample | ctc (best path of the CTC head; no decoder)
     beam_size: int = 5
     nbest: int = 1
     max_len: int = 128  # generated tokens, EOS included
@@ -35,8 +37,8 @@ class GenerationConfig:
     ctc_weight: float = 0.0  # beam: rescore finished hypotheses with the model's CTC head, joint CTC/attention
 
     def __post_init__(self):
-        if self.strategy not in {"greedy", "beam", "sample"}:
-            raise ConfigError(f"generation.strategy={self.strategy!r}; expected greedy, beam or sample")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"generation.strategy={self.strategy!r}; expected one of {', '.join(STRATEGIES)}")
         if self.beam_size < 1 or self.nbest < 1 or (self.strategy == "beam" and self.nbest > self.beam_size):
             raise ConfigError(
                 f"generation.beam_size={self.beam_size}, nbest={self.nbest}: need 1 ≤ nbest ≤ beam_size"
@@ -61,10 +63,12 @@ def generate(decoder: TransformerDecoder, context: Context, cfg: GenerationConfi
     """For each of the B sources in `context`, its hypotheses (best first; nbest of them for beam).
 
     ctc_head: a CTC head over the target vocabulary (`EncoderDecoder.ctc_head`); with cfg.ctc_weight > 0 a beam
-    search's finished hypotheses are rescored with it (`rescore_with_ctc`).
+    search's finished hypotheses are rescored with it (`rescore_with_ctc`); strategy "ctc" decodes with it alone.
     prompt: token ids the decoder reads after BOS before it writes (a multitask model's task tags); they are
     given, not chosen: not scored, not counted in max_len or the length penalty, not in the hypotheses.
     """
+    if cfg.strategy == "ctc":
+        return [[h] for h in ctc_best_path(context, ctc_head, cfg, prompt)]
     if cfg.strategy == "beam":
         if cfg.ctc_weight and ctc_head is not None:
             return rescore_with_ctc(beam_search(decoder, context, replace(cfg, nbest=cfg.beam_size), prompt),
@@ -74,6 +78,37 @@ def generate(decoder: TransformerDecoder, context: Context, cfg: GenerationConfi
     if cfg.strategy == "sample" and cfg.seed is not None:
         generator = torch.Generator(device=context.states.device).manual_seed(cfg.seed)
     return [[h] for h in _decode_one_per_row(decoder, context, cfg, generator, prompt)]
+
+
+def ctc_best_path(context: Context, ctc_head: torch.nn.Module | None, cfg: GenerationConfig,
+                  prompt: Sequence[int] = ()) -> list[Hypothesis]:
+    """Greedy CTC decoding: the most likely label at each context position, repeats merged, blanks dropped.
+
+    No decoder runs, so there is no language model and no reordering: for monotonic tasks (recognition, digit
+    strings) where the CTC head can beat an attention decoder that has not learnt where to look; translation
+    needs the decoder. Score: the best path's log-probability.
+    """
+    if ctc_head is None:
+        raise ConfigError("generation.strategy=ctc decodes with the model's CTC head over the target vocabulary, and "
+                          "this model has none: train with loss.ctc_weight > 0 and loss.ctc_target=target, or "
+                          "choose greedy or beam")
+    if prompt:
+        raise ConfigError("generation.strategy=ctc cannot follow a task prompt (the CTC head reads no tags): "
+                          "use greedy or beam for a multitask model")
+    logp = ctc_head(context.states).float().log_softmax(-1)  # [B, S, V]
+    best_logp, best = logp.max(-1)  # [B, S]
+    hyps = []
+    for labels, scores, keep in zip(best.tolist(), best_logp.tolist(), context.mask.tolist()):
+        tokens, previous, score = [], None, 0.0
+        for label, label_logp, valid in zip(labels, scores, keep):
+            if not valid:  # padding (or another source's padding inside a concatenated context)
+                continue
+            score += label_logp
+            if label != previous and label not in (PAD, BOS, EOS):  # PAD is the blank
+                tokens.append(label)
+            previous = label
+        hyps.append(Hypothesis(tokens[: cfg.max_len - 1], score))
+    return hyps
 
 
 def _read_prompt(decoder, state, rows: int, prompt: Sequence[int], device) -> torch.Tensor:

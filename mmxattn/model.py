@@ -114,7 +114,7 @@ class EncoderDecoder(nn.Module):
     def generate(self, inputs: Mapping[str, Mapping[str, torch.Tensor]], config: GenerationConfig | None = None,
                  prompt: Sequence[int] = ()) -> list[list[Hypothesis]]:
         """The one way to decode: encode `inputs` ({source: collated batch}) once, then search with `config`
-        (greedy, beam or sampling); per sample its hypotheses, best first. `prompt`: the task's tag ids for a
+        (greedy, beam, sampling, or the CTC head's best path); per sample its hypotheses, best first. `prompt`: the task's tag ids for a
         multitask model (`batch["prompt"]` of its loaders), read by the decoder after BOS."""
         config = config or GenerationConfig()
         scorer = self.ctc_head if self.ctc_target == "target" else None

@@ -159,3 +159,38 @@ def test_rescoring_needs_a_head_over_the_targets(caplog):
         assert len(model.generate({"src": batch}, config)) == len(model.generate({"src": batch}, config)) == 1
     assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
     assert "generation.ctc_weight=0.3 is ignored" in caplog.records[0].message
+
+
+def test_ctc_strategy_reads_the_best_path_merging_repeats_and_skipping_blanks_and_padding():
+    """generation.strategy=ctc: per position the most likely label; "5 5 _ 5 6 6" says 5 5 6; padding says nothing."""
+    from mmxattn.context import Context
+    from mmxattn.generation import GenerationConfig, generate
+
+    def says(*labels):  # [S, 8] logits whose best label at each position is `labels`
+        row = torch.full((len(labels), 8), -4.0)
+        row[torch.arange(len(labels)), torch.tensor(labels)] = 4.0
+        return row
+
+    states = torch.stack([says(5, 5, ctc.BLANK, 5, 6, 6), says(7, ctc.BLANK, 4, 4, 6, 5)])  # [2, 6, 8]
+    mask = torch.tensor([[True] * 6, [True, True, True, True, False, False]])  # row 1: its last 2 are padding
+    hyps = generate(None, Context(states, mask), GenerationConfig(strategy="ctc"), ctc_head=torch.nn.Identity())
+    assert [h[0].tokens for h in hyps] == [[5, 5, 6], [7, 4]]
+    best = states.log_softmax(-1).max(-1).values
+    assert hyps[1][0].score == pytest.approx(best[1, :4].sum().item(), rel=1e-5)
+
+
+def test_ctc_strategy_needs_a_head_over_the_targets_and_no_prompt():
+    from mmxattn.generation import GenerationConfig
+
+    model = tiny_speech_model().eval()
+    batch = AudioProcessor().collate([torch.randn(60, 80), torch.randn(40, 80)])
+    config = GenerationConfig(strategy="ctc")
+    hyps = model.generate({"src": batch}, config)
+    assert len(hyps) == 2 and all(len(h) == 1 for h in hyps)
+    with pytest.raises(ConfigError, match="prompt"):
+        model.generate({"src": batch}, config, prompt=[7])
+    model.ctc_target = "source"  # a head that spells the transcripts does not speak the target vocabulary
+    with pytest.raises(ConfigError, match="loss.ctc_target=target"):
+        model.generate({"src": batch}, config)
+    with pytest.raises(ConfigError, match="strategy"):
+        GenerationConfig(strategy="ctc-prefix")

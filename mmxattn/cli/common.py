@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 
+from ..config_checks import STRATEGIES
 from ..errors import MmxError
 
 
@@ -57,7 +58,7 @@ def load_model(args: argparse.Namespace):
 def add_generation_args(parser) -> None:
     """Decoding options shared by mmx-generate and mmx-eval; unset ones keep the checkpoint's `generation`."""
     g = parser.add_argument_group("decoding (defaults: the `generation` section of the model's config)")
-    g.add_argument("--strategy", choices=["greedy", "beam", "sample"])
+    g.add_argument("--strategy", choices=STRATEGIES, help="ctc: the CTC head's best path, no decoder (models trained with CTC)")
     g.add_argument("--beam-size", type=int, help="beams per input (beam search)")
     g.add_argument("--nbest", type=int, help="hypotheses to print per input (beam search)")
     g.add_argument("--max-len", type=int, help="most tokens to generate")
