@@ -114,8 +114,9 @@ class EncoderDecoder(nn.Module):
     def generate(self, inputs: Mapping[str, Mapping[str, torch.Tensor]], config: GenerationConfig | None = None,
                  prompt: Sequence[int] = ()) -> list[list[Hypothesis]]:
         """The one way to decode: encode `inputs` ({source: collated batch}) once, then search with `config`
-        (greedy, beam, sampling, or the CTC head's best path); per sample its hypotheses, best first. `prompt`: the task's tag ids for a
-        multitask model (`batch["prompt"]` of its loaders), read by the decoder after BOS."""
+        (greedy, beam, sampling, or the CTC head's best path); per sample its hypotheses, best first.
+        `prompt`: the task's tag ids for a multitask model (`batch["prompt"]` of its loaders), read by the
+        decoder after BOS."""
         config = config or GenerationConfig()
         scorer = self.ctc_head if self.ctc_target == "target" else None
         if config.ctc_weight and config.strategy == "beam" and scorer is None and not self._warned_no_scorer:
@@ -138,8 +139,8 @@ def build_encoder_decoder(encoders: Mapping[str, Mapping], decoder: Mapping, tok
                           ctc_vocab_size: int | None = None, ctc_target: str = "target") -> EncoderDecoder:
     """The model from its parts' configs: {source: encoder config (with the plugin `name`)}, the decoder
     config (d_model, num_layers, num_heads, ffn_dim, dropout, tie_embeddings[, attn_dropout,
-    tie_source_embeddings]), the
-    fusion config ({mode: concat | gated, gate_init}) and the CTC head's vocabulary size (None: no head)."""
+    tie_source_embeddings]), the fusion config ({mode: concat | gated, gate_init}) and the CTC head's
+    vocabulary size (None: no head)."""
     built = {source: registry.build_encoder(enc["name"], enc, tokenizer=tokenizers) for source, enc in encoders.items()}
     if decoder["d_model"] % decoder["num_heads"]:
         raise ConfigError(
@@ -167,8 +168,8 @@ def build_encoder_decoder(encoders: Mapping[str, Mapping], decoder: Mapping, tok
 
 def tie_source_embeddings(encoders: Mapping[str, nn.Module], decoder: TransformerDecoder, tokenizers) -> None:
     """One embedding matrix for source tokens, target tokens and the output projection (fairseq's
-    --share-all-embeddings; Press & Wolf 2017): on small corpora it removes a third of a tiny model's
-    parameters and lets each piece learn from both sides. Needs one vocabulary (tokenizer.joint=true) and
+    --share-all-embeddings; Press & Wolf 2017): in a small model the embeddings are a large share of the
+    parameters, and each piece learns from both sides. Needs one vocabulary (tokenizer.joint=true) and
     encoders that embed token ids: an encoder exposes its nn.Embedding as `token_embedding`."""
     if not tokenizers.joint:
         raise ConfigError("decoder.tie_source_embeddings=true needs one vocabulary for sources and targets: "
