@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
-from .tokenizer import EOS, PAD
+from .tokenizer import BOS, EOS, PAD
 
 BLANK = PAD  # id 0: never a target token, so it can be CTC's blank
 
@@ -92,6 +92,20 @@ def ctc_loss(logits: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor,
     loss = F.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=BLANK, reduction="sum",
                       zero_infinity=True)
     return loss, input_lengths < min_positions(targets, target_lengths)
+
+
+def best_paths(logits: torch.Tensor, mask: torch.Tensor) -> list[tuple[list[int], float]]:
+    """Greedy CTC decoding of logits [B, S, V] over the real positions of mask [B, S]: per row the most likely
+    label at each position, repeats merged, blanks (and BOS/EOS, which no target holds) dropped; with the best
+    path's log-probability."""
+    logits, lengths = _left_aligned(logits, mask)
+    best_logp, best = logits.float().log_softmax(-1).max(-1)  # [B, S] each
+    paths = []
+    for labels, logp, length in zip(best, best_logp, lengths.tolist()):
+        merged = torch.unique_consecutive(labels[:length])
+        keep = ~torch.isin(merged, torch.tensor([BLANK, BOS, EOS], device=merged.device))
+        paths.append((merged[keep].tolist(), logp[:length].sum().item()))
+    return paths
 
 
 def sequence_log_likelihoods(logits: torch.Tensor, mask: torch.Tensor, sequences: list[list[int]]) -> torch.Tensor:

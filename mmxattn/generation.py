@@ -95,20 +95,8 @@ def ctc_best_path(context: Context, ctc_head: torch.nn.Module | None, cfg: Gener
     if prompt:
         raise ConfigError("generation.strategy=ctc cannot follow a task prompt (the CTC head reads no tags): "
                           "use greedy or beam for a multitask model")
-    logp = ctc_head(context.states).float().log_softmax(-1)  # [B, S, V]
-    best_logp, best = logp.max(-1)  # [B, S]
-    hyps = []
-    for labels, scores, keep in zip(best.tolist(), best_logp.tolist(), context.mask.tolist()):
-        tokens, previous, score = [], None, 0.0
-        for label, label_logp, valid in zip(labels, scores, keep):
-            if not valid:  # padding (or another source's padding inside a concatenated context)
-                continue
-            score += label_logp
-            if label != previous and label not in (PAD, BOS, EOS):  # PAD is the blank
-                tokens.append(label)
-            previous = label
-        hyps.append(Hypothesis(tokens[: cfg.max_len - 1], score))
-    return hyps
+    paths = ctc.best_paths(ctc_head(context.states), context.mask)
+    return [Hypothesis(tokens[: cfg.max_len - 1], score) for tokens, score in paths]
 
 
 def _read_prompt(decoder, state, rows: int, prompt: Sequence[int], device) -> torch.Tensor:
